@@ -1,0 +1,41 @@
+"""The errors fuse reports to users, each carrying its exit code (DESIGN §5)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class FuseError(Exception):
+    """An error the user can fix; shown as one message without a traceback."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class UsageError(FuseError):
+    """Bad options or values: weights, extensions, the Keras setup."""
+
+    exit_code = 2
+
+
+class ModelLoadError(FuseError):
+    """A model file is missing, unreadable, corrupt, not a model, or unsafe."""
+
+    exit_code = 3
+
+
+class IncompatibleModelsError(FuseError):
+    """The members cannot be combined: shapes, counts, dtypes, signs."""
+
+    exit_code = 4
+
+
+class OutputError(FuseError):
+    """The output cannot be written where or how the user asked."""
+
+    exit_code = 5
+
+
+class VerificationError(FuseError):
+    """The written file does not compute the formula it claims."""
+
+    exit_code = 6
