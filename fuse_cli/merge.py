@@ -1,0 +1,244 @@
+"""`fuse merge` as a library call: files in, one verified merged file out."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fuse_cli import __version__
+from fuse_cli.ensemble import (
+    InputsMode,
+    Mode,
+    build_ensemble,
+    input_specs,
+    last_activations,
+    output_specs,
+    plan_inputs,
+    resolve_weights,
+)
+from fuse_cli.errors import UsageError
+from fuse_cli.model_io import (
+    LoadedModel,
+    check_keras,
+    check_model_path,
+    check_output,
+    load_model,
+    save_atomically,
+)
+from fuse_cli.report import MemberReport, MergeReport, formula_text
+from fuse_cli.verification import check_formula
+
+if TYPE_CHECKING:
+    import keras
+
+Progress = Callable[[str], None]
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+_CODE_LAYERS = ("Lambda", "TFOpLambda")
+
+
+@dataclass
+class MergeOptions:
+    """The options of `fuse merge` (DESIGN §1), with the same defaults."""
+
+    mode: Mode = Mode.SUM
+    weight: float | None = None
+    weights: Sequence[float] | None = None
+    inputs: InputsMode = InputsMode.AUTO
+    renormalize: bool = False
+    assume_nonnegative: bool = False
+    name: str = "ensemble"
+    force: bool = False
+    verify: bool = True
+    unsafe: bool = False
+
+
+def check_options(count: int, options: MergeOptions) -> tuple[list[float], list[float]]:
+    """Check what can be checked without loading anything.
+
+    Returns:
+        The weights as given and normalized.
+
+    Raises:
+        UsageError: Bad weights, name, or option combination.
+    """
+    given, normalized = resolve_weights(count, options.weight, options.weights)
+    if options.renormalize and options.mode is not Mode.PRODUCT:
+        raise UsageError("--renormalize applies to --mode product only")
+    if not _NAME.match(options.name):
+        raise UsageError(
+            f"--name {options.name!r}: use letters, digits, '_', '.' or '-' (at most 128)"
+        )
+    return given, normalized
+
+
+def merge_files(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    options: MergeOptions | None = None,
+    progress: Progress | None = None,
+) -> MergeReport:
+    """Load the member files, merge them, write `out` atomically and verify it.
+
+    Args:
+        paths: Two or more model files (`.keras` or legacy HDF5).
+        out: The merged model file (`.keras`, `.h5` or `.hdf5`).
+        options: Mode, weights and the rest; defaults to an equal-weight sum.
+        progress: Called with a short description before each slow step.
+
+    Returns:
+        The report of what was merged, written and verified.
+
+    Raises:
+        FuseError: A subclass carrying the exit code (DESIGN §5).
+    """
+    start = time.perf_counter()
+    options = options or MergeOptions()
+    paths = [Path(p) for p in paths]
+    out = Path(out)
+    say = progress or (lambda _message: None)
+
+    given, normalized = check_options(len(paths), options)
+    check_output(out, paths, force=options.force)
+    for path in paths:
+        check_model_path(path)
+    check_keras()
+
+    loaded = []
+    for path in paths:
+        say(f"loading {path}")
+        loaded.append(load_model(path, unsafe=options.unsafe))
+    labels = _labels(paths)
+    warnings = _unsafe_warnings(loaded, labels) if options.unsafe else []
+    members = [_member_report(m, lab, g, w) for m, lab, g, w in
+               zip(loaded, labels, given, normalized, strict=True)]
+    models = [m.model for m in loaded]
+    plan = plan_inputs(models, labels, options.inputs)
+    provenance = _provenance(loaded, labels, given, normalized, options, plan.shared)
+
+    say("building the ensemble")
+    merged = build_ensemble(
+        models,
+        normalized,
+        mode=options.mode,
+        inputs=InputsMode.SHARED if plan.shared else InputsMode.SEPARATE,
+        renormalize=options.renormalize,
+        assume_nonnegative=options.assume_nonnegative,
+        name=options.name,
+        labels=labels,
+        provenance=provenance,
+    )
+
+    errors: list[float] = []
+
+    def verify(written: Path) -> None:
+        say(f"verifying {out}")
+        reloaded = load_model(written, unsafe=options.unsafe).model
+        errors.append(
+            check_formula(
+                reloaded,
+                models,
+                normalized,
+                options.mode,
+                renormalize=options.renormalize,
+                shared_inputs=plan.shared,
+                what=str(out),
+            )
+        )
+
+    say(f"writing {out}")
+    size = save_atomically(merged, out, check=verify if options.verify else None)
+    return MergeReport(
+        output=str(out),
+        mode=options.mode.value,
+        formula=formula_text(labels, normalized, options.mode.value, options.renormalize),
+        inputs="shared" if plan.shared else "separate",
+        renormalize=options.renormalize,
+        members=members,
+        size=size,
+        verified=options.verify,
+        max_abs_error=errors[0] if errors else None,
+        elapsed_seconds=time.perf_counter() - start,
+        warnings=warnings,
+    )
+
+
+def _labels(paths: Sequence[Path]) -> list[str]:
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [str(p) for p in paths]
+
+
+def _member_report(
+    loaded: LoadedModel, label: str, given: float, weight: float
+) -> MemberReport:
+    model = loaded.model
+    return MemberReport(
+        file=label,
+        name=model.name,
+        format=loaded.format,
+        sha256=loaded.sha256,
+        size=loaded.size,
+        input_shapes=[str(s) for s in input_specs(model)],
+        output_shapes=[str(s) for s in output_specs(model)],
+        params=int(model.count_params()),
+        weight_given=given,
+        weight=weight,
+        last_activations=last_activations(model),
+        keras_version=loaded.keras_version,
+        migrations=list(loaded.migrations),
+    )
+
+
+def _provenance(
+    loaded: Sequence[LoadedModel],
+    labels: Sequence[str],
+    given: Sequence[float],
+    normalized: Sequence[float],
+    options: MergeOptions,
+    shared: bool,
+) -> dict[str, Any]:
+    return {
+        "tool": f"fuse {__version__}",
+        "mode": options.mode.value,
+        "weights_given": list(given),
+        "weights": list(normalized),
+        "renormalize": options.renormalize,
+        "inputs": "shared" if shared else "separate",
+        "members": [
+            {
+                "file": Path(label).name,
+                "name": m.model.name,
+                "sha256": m.sha256,
+                "migrations": list(m.migrations),
+            }
+            for m, label in zip(loaded, labels, strict=True)
+        ],
+    }
+
+
+def _unsafe_warnings(loaded: Sequence[LoadedModel], labels: Sequence[str]) -> list[str]:
+    found = []
+    for member, label in zip(loaded, labels, strict=True):
+        for layer in _all_layers(member.model):
+            if type(layer).__name__ in _CODE_LAYERS:
+                found.append(
+                    f"--unsafe: {label}: allowed code-carrying layer {layer.name!r} "
+                    f"({type(layer).__name__})"
+                )
+    return found
+
+
+def _all_layers(model: keras.Model) -> list[Any]:
+    import keras
+
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if isinstance(layer, keras.Model):
+            layers.extend(_all_layers(layer))
+    return layers
