@@ -279,6 +279,12 @@ def _size_text(size: int) -> str:
     return f"{size} B"
 
 
+# --- export, inspect and verify commands (issue 5) ---
+
+
+# --- evaluate and tune commands (issue 6) ---
+
+
 def main() -> None:
     """Entry point of the `fuse` console script."""
     app()

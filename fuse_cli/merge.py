@@ -98,23 +98,71 @@ def merge_files(
     start = time.perf_counter()
     options = options or MergeOptions()
     paths = [Path(p) for p in paths]
-    out = Path(out)
     say = progress or (lambda _message: None)
 
-    given, normalized = check_options(len(paths), options)
-    check_output(out, paths, force=options.force)
+    check_options(len(paths), options)
+    check_output(Path(out), paths, force=options.force)
+    loaded = load_members(paths, unsafe=options.unsafe, progress=say)
+    return merge_loaded(loaded, out, options, progress=progress, start=start)
+
+
+def load_members(
+    paths: Sequence[Path], *, unsafe: bool = False, progress: Progress | None = None
+) -> list[LoadedModel]:
+    """Check every path, then load each member (a missing file fails before any load).
+
+    Raises:
+        ModelLoadError: The first file that cannot be loaded.
+    """
+    say = progress or (lambda _message: None)
     for path in paths:
         check_model_path(path)
     check_keras()
-
     loaded = []
     for path in paths:
         say(f"loading {path}")
-        loaded.append(load_model(path, unsafe=options.unsafe))
-    labels = _labels(paths)
+        loaded.append(load_model(path, unsafe=unsafe))
+    return loaded
+
+
+def merge_loaded(
+    loaded: Sequence[LoadedModel],
+    out: str | Path,
+    options: MergeOptions | None = None,
+    progress: Progress | None = None,
+    start: float | None = None,
+) -> MergeReport:
+    """Merge members that are already loaded, write `out` atomically and verify it.
+
+    The members' models are renamed in place (`member_<i>_<name>`) and become part of
+    the merged graph; load them again to use them on their own.
+
+    Args:
+        loaded: Two or more members from `load_members` / `model_io.load_model`.
+        out: The merged model file (`.keras`, `.h5` or `.hdf5`).
+        options: Mode, weights and the rest; defaults to an equal-weight sum.
+        progress: Called with a short description before each slow step.
+        start: `time.perf_counter()` at the start of the whole job, for the report.
+
+    Returns:
+        The report of what was merged, written and verified.
+
+    Raises:
+        FuseError: A subclass carrying the exit code (DESIGN §5).
+    """
+    start = time.perf_counter() if start is None else start
+    options = options or MergeOptions()
+    out = Path(out)
+    say = progress or (lambda _message: None)
+    given, normalized = check_options(len(loaded), options)
+    check_output(out, [m.path for m in loaded], force=options.force)
+
+    labels = _labels([m.path for m in loaded])
     warnings = _unsafe_warnings(loaded, labels) if options.unsafe else []
-    members = [_member_report(m, lab, g, w) for m, lab, g, w in
-               zip(loaded, labels, given, normalized, strict=True)]
+    members = [
+        _member_report(m, lab, g, w)
+        for m, lab, g, w in zip(loaded, labels, given, normalized, strict=True)
+    ]
     models = [m.model for m in loaded]
     plan = plan_inputs(models, labels, options.inputs)
     provenance = _provenance(loaded, labels, given, normalized, options, plan.shared)
