@@ -156,7 +156,9 @@ def parse_weights(text: str | None) -> list[float] | None:
         try:
             values.append(float(piece.strip()))
         except ValueError:
-            raise UsageError(f"--weights: {piece.strip()!r} is not a number (in {text!r})") from None
+            raise UsageError(
+                f"--weights: {piece.strip()!r} is not a number (in {text!r})"
+            ) from None
     return values
 
 

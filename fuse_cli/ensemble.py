@@ -104,7 +104,6 @@ def input_specs(model: keras.Model) -> list[TensorSpec]:
 
 def output_specs(model: keras.Model) -> list[TensorSpec]:
     """The specs of a model's outputs, flattened in call order."""
-    import keras
 
     return [_spec(t) for t in model.outputs]
 
@@ -196,7 +195,6 @@ def last_activations(model: keras.Model) -> list[str | None]:
         One name per output (`"softmax"`, `"linear"`, ...), or None where the last
         layer has no recognizable activation.
     """
-    import keras
 
     return [_activation_of(t) for t in model.outputs]
 
@@ -282,7 +280,8 @@ def plan_inputs(
         return InputPlan(shared=True, specs=[shared])
     if inputs is InputsMode.SHARED:
         details = "; ".join(
-            f"{label}: {_specs_text(input_specs(m))}" for m, label in zip(models, labels, strict=True)
+            f"{label}: {_specs_text(input_specs(m))}"
+            for m, label in zip(models, labels, strict=True)
         )
         raise IncompatibleModelsError(f"--inputs shared, but the inputs differ: {details}")
     return InputPlan(shared=False, specs=[input_specs(m) for m in models])
@@ -353,9 +352,7 @@ def build_ensemble(
     outputs = []
     for head in range(len(heads)):
         layer_name = "combine" if len(heads) == 1 else f"combine_{head}"
-        layer = layer_class(
-            list(coefficients), provenance=provenance, name=layer_name, **extra
-        )
+        layer = layer_class(list(coefficients), provenance=provenance, name=layer_name, **extra)
         outputs.append(layer([outs[head] for outs in member_outputs]))
     flat_inputs = [t for group in model_inputs for t in group]
     return keras.Model(

@@ -221,9 +221,7 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def _member_report(
-    loaded: LoadedModel, label: str, given: float, weight: float
-) -> MemberReport:
+def _member_report(loaded: LoadedModel, label: str, given: float, weight: float) -> MemberReport:
     model = loaded.model
     return MemberReport(
         file=label,

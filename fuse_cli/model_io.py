@@ -248,8 +248,7 @@ def check_keras_archive(zf: zipfile.ZipFile, path: Path) -> None:
         limit = _MAX_CONFIG_BYTES if name.endswith(".json") else _MAX_MEMBER_BYTES
         if info.file_size > limit:
             raise ModelLoadError(
-                f"{path}: archive member {name!r} declares {info.file_size} bytes "
-                f"(limit {limit})"
+                f"{path}: archive member {name!r} declares {info.file_size} bytes (limit {limit})"
             )
         if info.compress_size and info.file_size > _MAX_RATIO * info.compress_size + 4096:
             raise ModelLoadError(
@@ -293,7 +292,9 @@ def check_hdf5(h5: h5py.File, path: Path) -> None:
     import h5py
 
     if "model_config" not in h5.attrs:
-        raise ModelLoadError(f"{path}: HDF5 file holds no model_config: weights only, or not a model")
+        raise ModelLoadError(
+            f"{path}: HDF5 file holds no model_config: weights only, or not a model"
+        )
 
     def visit(group: h5py.Group, prefix: str) -> None:
         for name in group:
@@ -360,7 +361,6 @@ def keras_errors(path: Path) -> Iterator[None]:
         raise
     except LOAD_ERRORS as exc:
         raise describe_load_failure(exc, path) from None
-
 
 
 def check_output(out: Path, inputs: list[Path], *, force: bool) -> None:

@@ -64,7 +64,8 @@ def reference(
         if mode is Mode.SUM:
             y = sum(c * y_i for c, y_i in zip(coefficients, ys, strict=True))
         else:
-            y = np.prod([y_i**c for c, y_i in zip(coefficients, ys, strict=True)], axis=0)
+            with np.errstate(invalid="ignore"):  # negatives give NaN, reported by compare()
+                y = np.prod([y_i**c for c, y_i in zip(coefficients, ys, strict=True)], axis=0)
             if renormalize:
                 y = y / np.maximum(y.sum(axis=-1, keepdims=True), _TINY)
         heads.append(np.asarray(y))

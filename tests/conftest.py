@@ -20,7 +20,11 @@ import fuse_cli.layers  # noqa: E402, F401  (registers the combining layers)
 
 
 def dense_classifier(
-    width: int, classes: int = 10, *, name: str = "sequential", seed: int = 0,
+    width: int,
+    classes: int = 10,
+    *,
+    name: str = "sequential",
+    seed: int = 0,
     activation: str = "softmax",
 ) -> keras.Model:
     """A one-hidden-layer classifier on flat inputs."""
