@@ -39,7 +39,7 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # HDF5 allows a user block before the superblock: the signature may sit at 0, 512,
 # 1024, 2048, ... (HDF5 spec, "Format Signature").
 _HDF5_OFFSETS = (0, 512, 1024, 2048, 4096, 8192)
-_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # Path() folds "://" to ":/"
 
 # What a `.keras` archive written by Keras 3 contains (saving_lib.py).
 _KERAS_MEMBERS = {"config.json", "metadata.json", "model.weights.h5", "model.weights.npz"}
@@ -203,9 +203,14 @@ def _load_keras_zip(
     try:
         with zipfile.ZipFile(f) as zf:
             check_keras_archive(zf, path)
+            _check_archive_weights(zf, path)
             metadata = _read_json_member(zf, "metadata.json")
+            config = _read_json_member(zf, "config.json")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise ModelLoadError(f"{path}: corrupt .keras archive: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: config.json is not a JSON object: not a Keras model")
+    check_config(config, path)
     f.seek(0)
     from keras.src.saving import saving_lib
 
@@ -270,6 +275,13 @@ def _load_hdf5(f: IO[bytes], path: Path, unsafe: bool) -> tuple[keras.Model, str
         raise ModelLoadError(f"{path}: corrupt HDF5 file: {_first_line(exc)}") from None
     with h5:
         check_hdf5(h5, path)
+        try:
+            config = json.loads(_attr_text(h5.attrs["model_config"]) or "")
+        except ValueError:
+            raise ModelLoadError(f"{path}: model_config is not valid JSON") from None
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{path}: model_config is not a JSON object: not a Keras model")
+        check_config(config, path)
         version = _attr_text(h5.attrs.get("keras_version"))
         from keras.src.legacy.saving import legacy_h5_format
 
@@ -280,40 +292,109 @@ def _load_hdf5(f: IO[bytes], path: Path, unsafe: bool) -> tuple[keras.Model, str
     return model, version, []
 
 
+# Modules a Keras model config may name. Anything else (`os`, `builtins`, `subprocess`,
+# a user's package) is either code fuse cannot vouch for or a layer it cannot build.
+_ALLOWED_MODULE = re.compile(r"^(keras|fuse_cli\.layers)(\..*)?$")
+# Functions that Keras itself exposes but that a model config has no business calling:
+# the gadgets of CVE-2025-8747 (get_file writes files) and CVE-2025-9906 (turning
+# safe mode off from inside a config).
+_GADGETS = frozenset(
+    {"enable_unsafe_deserialization", "get_file", "load_model", "load_weights", "save_model"}
+)
+
+
+def check_config(config: dict[str, Any], path: Path) -> None:
+    """Refuse model configs that name modules or functions outside Keras's layers.
+
+    Keras 3.15.1 refuses these too (CVE-2025-1550, -8747, -9906); fuse checks first,
+    so the refusal does not depend on the installed Keras alone, and says why.
+
+    Raises:
+        ModelLoadError: Naming the module or function.
+    """
+    for node in _dicts(config):
+        module = node.get("module")
+        class_name = node.get("class_name")
+        if isinstance(module, str) and not _ALLOWED_MODULE.match(module):
+            raise ModelLoadError(
+                f"{path}: config refers to {module}.{class_name}, outside Keras: refused"
+            )
+        for key in ("class_name", "config", "registered_name"):
+            value = node.get(key)
+            if isinstance(value, str) and re.split(r"[.>]", value)[-1] in _GADGETS:
+                raise ModelLoadError(f"{path}: config calls {value!r}, a loading gadget: refused")
+
+
+def _dicts(value: Any) -> Iterator[dict[str, Any]]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def check_hdf5(h5: h5py.File, path: Path) -> None:
     """Refuse HDF5 files that are not models or that reach outside themselves.
-
-    External links, external raw storage and virtual datasets can make HDF5 read
-    other files on the machine (CVE-2026-1669); a model never needs them.
 
     Raises:
         ModelLoadError: No model config, or a link/storage outside the file.
     """
-    import h5py
-
     if "model_config" not in h5.attrs:
         raise ModelLoadError(
             f"{path}: HDF5 file holds no model_config: weights only, or not a model"
         )
+    check_hdf5_links(h5, path)
+
+
+def check_hdf5_links(h5: h5py.Group, path: Path, where: str = "") -> None:
+    """Refuse links and storage that make HDF5 read other files (CVE-2026-1669).
+
+    External links, soft links, external raw storage and virtual datasets can make
+    h5py read any file on the machine; a model never needs them.
+
+    Raises:
+        ModelLoadError: Naming the object and what it is.
+    """
+    import h5py
 
     def visit(group: h5py.Group, prefix: str) -> None:
         for name in group:
             link = group.get(name, getlink=True)
-            where = f"{prefix}/{name}"
+            at = f"{prefix}/{name}"
             if isinstance(link, h5py.ExternalLink):
-                raise ModelLoadError(f"{path}: HDF5 external link at {where} is refused")
+                raise ModelLoadError(f"{path}: HDF5 external link at {at} is refused")
             if isinstance(link, h5py.SoftLink):
-                raise ModelLoadError(f"{path}: HDF5 soft link at {where} is refused")
+                raise ModelLoadError(f"{path}: HDF5 soft link at {at} is refused")
             item = group.get(name)
             if isinstance(item, h5py.Dataset):
                 if item.external:
-                    raise ModelLoadError(f"{path}: HDF5 dataset {where} uses external storage")
+                    raise ModelLoadError(f"{path}: HDF5 dataset {at} uses external storage")
                 if item.is_virtual:
-                    raise ModelLoadError(f"{path}: HDF5 dataset {where} is a virtual dataset")
+                    raise ModelLoadError(f"{path}: HDF5 dataset {at} is a virtual dataset")
             elif isinstance(item, h5py.Group):
-                visit(item, where)
+                visit(item, at)
 
-    visit(h5, "")
+    visit(h5, where)
+
+
+def _check_archive_weights(zf: zipfile.ZipFile, path: Path) -> None:
+    if "model.weights.h5" not in zf.namelist():
+        return
+    import h5py
+
+    with zf.open("model.weights.h5") as inner:
+        try:
+            with h5py.File(inner, "r") as h5:
+                check_hdf5_links(h5, path, "model.weights.h5:")
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # h5py raises OSError, KeyError, ValueError... on corrupt data
+            raise ModelLoadError(
+                f"{path}: corrupt weights in archive: {_first_line(exc)}"
+            ) from None
 
 
 def _attr_text(value: Any) -> str | None:
@@ -337,18 +418,22 @@ def describe_load_failure(exc: BaseException, path: Path) -> ModelLoadError:
     """Turn what Keras raised while deserializing into one or two lines for the user."""
     text = str(exc)
     reason = _first_line(exc)
+    if type(exc) not in (ValueError, TypeError, OSError):
+        reason = f"{type(exc).__name__}: {reason}"
     if any(marker in text for marker in _UNSAFE_MARKERS):
         layer = re.search(r"`?(Lambda|TFOpLambda)`?", text)
         what = f"a {layer.group(1)} layer" if layer else "code-carrying content"
         return ModelLoadError(
-            f"{path}: refused {what}, which could run code from the file ({reason})\n"
+            f"{path}: refused {what}: it carries Python code that would run on loading\n"
             "pass --unsafe only if you trust this file"
         )
     return ModelLoadError(f"{path}: cannot load model: {reason}")
 
 
-# What Keras and its file readers raise on bad content. Anything else is a bug in fuse.
-LOAD_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, OSError, RuntimeError)
+# Keras, h5py and TensorFlow raise almost anything on a corrupt or hostile file (KeyError,
+# struct errors, BadZipFile, tf.errors.*). While Keras deserializes the user's file,
+# every Exception is a property of that file: exit 3 with the reason.
+LOAD_ERRORS = (Exception,)
 
 
 @contextlib.contextmanager
