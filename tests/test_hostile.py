@@ -162,18 +162,6 @@ def test_format_is_decided_by_content(tmp_path: Path, zoo: dict[str, Path]) -> N
     assert load_model(zip_named_h5).format == "keras"
 
 
-def test_unreadable_file(tmp_path: Path, runner: CliRunner) -> None:
-    path = good_keras(tmp_path, "locked.keras")
-    path.chmod(0)
-    try:
-        if os.access(path, os.R_OK):
-            pytest.skip("running as a user who can read any file (root)")
-        result = merge_with(runner, tmp_path, path)
-        assert result.exit_code == 3 and "permission denied" in result.stderr
-    finally:
-        path.chmod(0o644)
-
-
 def test_load_model_raises_model_load_error_only(tmp_path: Path) -> None:
     for build in BROKEN:
         with pytest.raises(ModelLoadError):
