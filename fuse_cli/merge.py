@@ -54,6 +54,9 @@ class MergeOptions:
     force: bool = False
     verify: bool = True
     unsafe: bool = False
+    # More provenance to record (e.g. `tuning` from `fuse tune`); never replaces a
+    # standard key.
+    extra_provenance: dict[str, Any] | None = None
 
 
 def check_options(count: int, options: MergeOptions) -> tuple[list[float], list[float]]:
@@ -97,12 +100,12 @@ def merge_files(
     """
     start = time.perf_counter()
     options = options or MergeOptions()
-    paths = [Path(p) for p in paths]
+    files = [Path(p) for p in paths]
     say = progress or (lambda _message: None)
 
-    check_options(len(paths), options)
-    check_output(Path(out), paths, force=options.force)
-    loaded = load_members(paths, unsafe=options.unsafe, progress=say)
+    check_options(len(files), options)
+    check_output(Path(out), files, force=options.force)
+    loaded = load_members(files, unsafe=options.unsafe, progress=say)
     return merge_loaded(loaded, out, options, progress=progress, start=start)
 
 
@@ -248,7 +251,7 @@ def _provenance(
     options: MergeOptions,
     shared: bool,
 ) -> dict[str, Any]:
-    return {
+    provenance = {
         "tool": f"fuse {__version__}",
         "mode": options.mode.value,
         "weights_given": list(given),
@@ -265,6 +268,9 @@ def _provenance(
             for m, label in zip(loaded, labels, strict=True)
         ],
     }
+    for key, value in (options.extra_provenance or {}).items():
+        provenance.setdefault(key, value)
+    return provenance
 
 
 def _unsafe_warnings(loaded: Sequence[LoadedModel], labels: Sequence[str]) -> list[str]:
