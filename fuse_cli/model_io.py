@@ -273,28 +273,31 @@ def _load_hdf5(f: IO[bytes], path: Path, unsafe: bool) -> tuple[keras.Model, str
         h5 = h5py.File(f, "r")
     except OSError as exc:
         raise ModelLoadError(f"{path}: corrupt HDF5 file: {_first_line(exc)}") from None
-    with h5:
-        check_hdf5(h5, path)
-        try:
+    try:
+        with h5:
+            check_hdf5(h5, path)
             config = json.loads(_attr_text(h5.attrs["model_config"]) or "")
-        except ValueError:
-            raise ModelLoadError(f"{path}: model_config is not valid JSON") from None
-        if not isinstance(config, dict):
-            raise ModelLoadError(f"{path}: model_config is not a JSON object: not a Keras model")
-        check_config(config, path)
-        version = _attr_text(h5.attrs.get("keras_version"))
-        from keras.src.legacy.saving import legacy_h5_format
+            version = _attr_text(h5.attrs.get("keras_version"))
+    except ModelLoadError:
+        raise
+    except ValueError:
+        raise ModelLoadError(f"{path}: model_config is not valid JSON") from None
+    except Exception as exc:  # h5py raises OSError, KeyError, ... on corrupt structures
+        raise ModelLoadError(f"{path}: corrupt HDF5 file: {_first_line(exc)}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: model_config is not a JSON object: not a Keras model")
+    check_config(config, path)
+    from fuse_cli import legacy
 
-        with keras_errors(path):
-            model = legacy_h5_format.load_model_from_hdf5(
-                h5, custom_objects=None, compile=False, safe_mode=not unsafe
-            )
-    return model, version, []
+    model, migrations = legacy.load_legacy_h5(path, safe_mode=not unsafe)
+    return model, version, migrations
 
 
 # Modules a Keras model config may name. Anything else (`os`, `builtins`, `subprocess`,
 # a user's package) is either code fuse cannot vouch for or a layer it cannot build.
-_ALLOWED_MODULE = re.compile(r"^(keras|fuse_cli\.layers)(\..*)?$")
+# Keras 2 files name tf_keras's / keras.src's own classes (`Functional`), which Keras 3
+# maps to its own and never imports.
+_ALLOWED_MODULE = re.compile(r"^(keras|tf_keras|fuse_cli\.layers)(\..*)?$")
 # Functions that Keras itself exposes but that a model config has no business calling:
 # the gadgets of CVE-2025-8747 (get_file writes files) and CVE-2025-9906 (turning
 # safe mode off from inside a config).
@@ -315,7 +318,9 @@ def check_config(config: dict[str, Any], path: Path) -> None:
     for node in _dicts(config):
         module = node.get("module")
         class_name = node.get("class_name")
-        if isinstance(module, str) and not _ALLOWED_MODULE.match(module):
+        # `module` names where a class or function lives only beside `class_name`; in
+        # a Keras 2 Lambda config it is the module the lambda was written in.
+        if "class_name" in node and isinstance(module, str) and not _ALLOWED_MODULE.match(module):
             raise ModelLoadError(
                 f"{path}: config refers to {module}.{class_name}, outside Keras: refused"
             )

@@ -1,0 +1,638 @@
+"""Legacy `.h5` files: each Keras 2 form loads in safe mode and computes what its writer did.
+
+The fixtures in tests/fixtures/legacy were written by a real Keras 2 writer (tf-keras;
+see the README there and scripts/make_legacy_fixtures.py), each with the writer's own
+predictions on a fixed input.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import h5py  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from fuse_cli import legacy  # noqa: E402
+from fuse_cli.errors import ModelLoadError  # noqa: E402
+from fuse_cli.legacy import load_legacy_h5, migrate_config  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
+MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+SENTINEL = "FUSE_LEGACY_LAMBDA_RAN"
+
+# fixture -> the rules its migration needs.
+EXPECTED_RULES = {
+    "teachable_machine": ["keras2_module_paths", "conv_groups"],
+    "conv_variants": [
+        "conv_groups",
+        "separable_conv_kernel_arguments",
+        "spatial_dropout_arguments",
+    ],
+    "rnn_time_major": ["rnn_time_major"],
+    "keras22_sequential": ["sequential_input_layer"],
+    "keras20_list": ["sequential_list_config", "sequential_input_layer"],
+}
+LAMBDA_FIXTURES = ["lambda_tfkeras", "lambda_keras20_list"]
+MIGRATIONS = {
+    **EXPECTED_RULES,
+    "lambda_tfkeras": [],
+    "lambda_keras20_list": ["sequential_list_config", "sequential_input_layer"],
+}
+
+# What plain Keras 3.15.1 says about each file before any migration (the README's claims).
+KERAS_3_15_1_PLAIN = {
+    "teachable_machine": "Could not locate class 'Functional'",
+    "conv_variants": "Error when deserializing class 'DepthwiseConv2D'",
+    "rnn_time_major": "Unrecognized keyword arguments passed to LSTM: {'time_major': False}",
+    "keras22_sequential": "input of shape (None, None, 60, 60, 1)",
+    "keras20_list": "pop expected at most 1 argument, got 2",
+    "lambda_tfkeras": "safe_mode=False",
+    "lambda_keras20_list": "pop expected at most 1 argument, got 2",
+}
+
+
+def fixture_path(name: str) -> Path:
+    return FIXTURES / f"{name}.h5"
+
+
+def writer_data(name: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(FIXTURES / f"{name}.npz") as data:
+        return data["x"], data["y"]
+
+
+def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model(x, training=False))
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["model_config"])
+
+
+def text_list(values: Any) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def write_config(path: Path, config: Any) -> None:
+    with h5py.File(path, "r+") as f:
+        f.attrs["model_config"] = json.dumps(config).encode("utf8")
+
+
+@pytest.fixture(scope="session")
+def loaded() -> Callable[[str], tuple[keras.Model, list[str]]]:
+    """Each fixture loaded once through fuse's legacy loader, in safe mode."""
+    cache: dict[str, tuple[keras.Model, list[str]]] = {}
+
+    def load(name: str) -> tuple[keras.Model, list[str]]:
+        if name not in cache:
+            cache[name] = load_legacy_h5(fixture_path(name), safe_mode=True)
+        return cache[name]
+
+    return load
+
+
+@pytest.fixture
+def no_lambda_code(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Fail if Keras is asked to unmarshal a Lambda's code; yields the calls refused."""
+    from keras.src.utils import python_utils
+
+    calls: list[str] = []
+
+    def refuse(code: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(str(code)[:40])
+        raise AssertionError("func_load called: Lambda code was about to be unmarshalled")
+
+    monkeypatch.setattr(python_utils, "func_load", refuse)
+    monkeypatch.delenv(SENTINEL, raising=False)
+    yield calls
+    assert SENTINEL not in os.environ, "the Lambda's code ran"
+    assert calls == []
+
+
+# --- every legacy form loads, safely and exactly --------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_RULES))
+def test_fixture_predictions_equal_the_writers(
+    name: str, loaded: Callable[[str], tuple[keras.Model, list[str]]]
+) -> None:
+    model, _ = loaded(name)
+    x, y = writer_data(name)
+    np.testing.assert_allclose(predict(model, x), y, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_RULES))
+def test_fixture_applies_the_expected_rules(
+    name: str, loaded: Callable[[str], tuple[keras.Model, list[str]]]
+) -> None:
+    _, rules = loaded(name)
+    assert rules == EXPECTED_RULES[name]
+
+
+@pytest.mark.skipif(keras.__version__ != "3.15.1", reason="records Keras 3.15.1's behaviour")
+@pytest.mark.parametrize("name", sorted(KERAS_3_15_1_PLAIN))
+def test_plain_keras_refuses_each_fixture(name: str, no_lambda_code: list[str]) -> None:
+    with pytest.raises((TypeError, ValueError)) as info:
+        legacy._plain_load(fixture_path(name), safe_mode=True)
+    assert KERAS_3_15_1_PLAIN[name] in str(info.value)
+
+
+def test_fixtures_are_small_and_recorded() -> None:
+    assert MANIFEST["writer"]["tf_keras"].startswith("2.")
+    assert sorted(MANIFEST["fixtures"]) == sorted(MIGRATIONS)
+    for name, info in MANIFEST["fixtures"].items():
+        data = fixture_path(name).read_bytes()
+        assert len(data) == info["bytes"] < 300 * 1024
+        assert hashlib.sha256(data).hexdigest() == info["sha256"], "regenerate, don't edit"
+        assert info["rules"] == MIGRATIONS[name]
+        x, y = writer_data(name)
+        assert list(x.shape) == info["input_shape"] and list(y.shape) == info["output_shape"]
+
+
+def test_teachable_machine_shape(loaded: Callable[[str], tuple[keras.Model, list[str]]]) -> None:
+    model, _ = loaded("teachable_machine")
+    features, head = model.layers
+    assert isinstance(features, keras.Sequential) and isinstance(head, keras.Sequential)
+    inner = [type(layer).__name__ for layer in features.layers[0].layers]
+    assert "DepthwiseConv2D" in inner
+    assert head.layers[-1].get_config()["activation"] == "softmax"
+    # the frozen first block stays frozen, so a merged model keeps it out of training
+    assert not features.layers[0].get_layer("Conv1").trainable
+
+
+def test_migrated_keras22_model_has_the_writers_input_shape(
+    loaded: Callable[[str], tuple[keras.Model, list[str]]],
+) -> None:
+    model, _ = loaded("keras22_sequential")
+    assert model.input_shape == (None, 60, 60, 1)
+    assert model.output_shape == (None, 3)
+
+
+def test_plain_keras3_file_needs_no_rules(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(3, activation="softmax")], name="plain"
+    )
+    path = tmp_path / "plain.h5"
+    model.save(path)
+    x = np.random.default_rng(0).random((2, 5), dtype=np.float32)
+    loaded_model, rules = load_legacy_h5(path, safe_mode=True)
+    assert rules == []
+    np.testing.assert_allclose(predict(loaded_model, x), predict(model, x), atol=1e-6)
+
+
+def test_the_extension_does_not_matter(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    shutil.copy(fixture_path("keras20_list"), path)
+    model, rules = load_legacy_h5(path, safe_mode=True)
+    x, y = writer_data("keras20_list")
+    assert rules == EXPECTED_RULES["keras20_list"]
+    np.testing.assert_allclose(predict(model, x), y, atol=1e-5)
+
+
+# --- weights are matched by name ----------------------------------------------------
+
+
+def test_nested_weights_are_matched_by_owning_layer_not_position(tmp_path: Path) -> None:
+    path = tmp_path / "shuffled.h5"
+    shutil.copy(fixture_path("teachable_machine"), path)
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights/sequential_1"]
+        names = text_list(group.attrs["weight_names"])
+        # Move whole layers around (each layer keeps its own weight order).
+        owners = list(dict.fromkeys(n.split("/")[0] for n in names))
+        shuffled = [n for owner in reversed(owners) for n in names if n.startswith(owner + "/")]
+        assert shuffled != names
+        group.attrs["weight_names"] = [n.encode() for n in shuffled]
+    model, _ = load_legacy_h5(path, safe_mode=True)
+    x, y = writer_data("teachable_machine")
+    np.testing.assert_allclose(predict(model, x), y, atol=1e-5)
+
+
+def test_unnamed_nested_weights_fall_back_to_keras_order(tmp_path: Path) -> None:
+    path = tmp_path / "renamed.h5"
+    shutil.copy(fixture_path("teachable_machine"), path)
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights/sequential_1"]
+        names = text_list(group.attrs["weight_names"])
+        renamed = [f"param_{i}" for i in range(len(names))]
+        for old, new in zip(names, renamed, strict=True):
+            group.move(old, new)
+        group.attrs["weight_names"] = [n.encode() for n in renamed]
+    model, _ = load_legacy_h5(path, safe_mode=True)
+    x, y = writer_data("teachable_machine")
+    np.testing.assert_allclose(predict(model, x), y, atol=1e-5)
+
+
+def test_a_weight_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "wrong_shape.h5"
+    shutil.copy(fixture_path("keras22_sequential"), path)
+    with h5py.File(path, "r+") as f:
+        del f["model_weights/dense_2/dense_2/bias:0"]
+        f["model_weights/dense_2/dense_2"].create_dataset("bias:0", data=np.zeros(4, "f4"))
+    with pytest.raises(ModelLoadError, match=r"dense_2.*shape \(4,\).*\(3,\)"):
+        load_legacy_h5(path, safe_mode=True)
+
+
+def test_missing_layer_weights_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "missing.h5"
+    shutil.copy(fixture_path("keras22_sequential"), path)
+    with h5py.File(path, "r+") as f:
+        names = text_list(f["model_weights"].attrs["layer_names"])
+        names.remove("dense_1")
+        f["model_weights"].attrs["layer_names"] = [n.encode() for n in names]
+    with pytest.raises(ModelLoadError, match="no weights for layer 'dense_1'"):
+        load_legacy_h5(path, safe_mode=True)
+
+
+def test_a_silent_misread_is_migrated_even_though_keras_loads_it(tmp_path: Path) -> None:
+    """A Keras 2.2 Sequential starting with Dense: Keras 3 loads it, one axis too many."""
+    rng = np.random.default_rng(7)
+    kernel, bias = rng.normal(size=(4, 3)).astype("f4"), rng.normal(size=3).astype("f4")
+    config = {
+        "class_name": "Sequential",
+        "config": {
+            "name": "sequential_1",
+            "layers": [
+                {
+                    "class_name": "Dense",
+                    "config": {
+                        "name": "dense_1",
+                        "trainable": True,
+                        "batch_input_shape": [None, 4],
+                        "dtype": "float32",
+                        "units": 3,
+                        "activation": "relu",
+                        "use_bias": True,
+                    },
+                }
+            ],
+        },
+    }
+    path = tmp_path / "dense22.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = b"2.2.4"
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["model_config"] = json.dumps(config).encode()
+        weights = f.create_group("model_weights")
+        weights.attrs["layer_names"] = [b"dense_1"]
+        layer = weights.create_group("dense_1")
+        layer.attrs["weight_names"] = [b"dense_1/kernel:0", b"dense_1/bias:0"]
+        layer.create_dataset("dense_1/kernel:0", data=kernel)
+        layer.create_dataset("dense_1/bias:0", data=bias)
+
+    misread = legacy._plain_load(path, safe_mode=True)
+    assert misread.input_shape == (None, None, 4)
+
+    model, rules = load_legacy_h5(path, safe_mode=True)
+    assert rules == ["sequential_input_layer"]
+    assert model.input_shape == (None, 4)
+    x = rng.random((2, 4), dtype=np.float32)
+    np.testing.assert_allclose(predict(model, x), np.maximum(x @ kernel + bias, 0), atol=1e-6)
+
+
+# --- safety: Lambda stays refused, nothing from the file runs ----------------------------
+
+
+@pytest.mark.parametrize("name", LAMBDA_FIXTURES)
+def test_lambda_is_refused_in_safe_mode(name: str, no_lambda_code: list[str]) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        load_legacy_h5(fixture_path(name), safe_mode=True)
+    message = str(info.value)
+    assert info.value.exit_code == 3
+    assert message.startswith(f"{fixture_path(name)}: ")
+    assert "--unsafe" in message and "Lambda" in message
+    version = MANIFEST["fixtures"][name]["keras_version_attribute"]
+    assert message.endswith(f"(written by Keras {version})")
+
+
+def test_lambda_is_refused_on_the_migrated_path_too(
+    monkeypatch: pytest.MonkeyPatch, no_lambda_code: list[str]
+) -> None:
+    built: list[bool] = []
+    original = legacy._build_from_config
+
+    def spy(config: dict[str, Any], *, safe_mode: bool) -> keras.Model:
+        built.append(safe_mode)
+        return original(config, safe_mode=safe_mode)
+
+    monkeypatch.setattr(legacy, "_build_from_config", spy)
+    with pytest.raises(ModelLoadError, match="--unsafe"):
+        load_legacy_h5(fixture_path("lambda_keras20_list"), safe_mode=True)
+    assert built == [True]  # plain Keras failed first; the migrated build refused the Lambda
+
+
+@pytest.mark.skipif(
+    f"{sys.version_info.major}.{sys.version_info.minor}"
+    != MANIFEST["writer"]["python"].rsplit(".", 1)[0],
+    reason="the Lambda's marshalled bytecode only loads on the writer's Python",
+)
+def test_unsafe_mode_loads_the_migrated_lambda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SENTINEL, raising=False)
+    model, rules = load_legacy_h5(fixture_path("lambda_keras20_list"), safe_mode=False)
+    assert rules == ["sequential_list_config", "sequential_input_layer"]
+    x, y = writer_data("lambda_keras20_list")
+    np.testing.assert_allclose(predict(model, x), y, atol=1e-5)
+    assert os.environ.get(SENTINEL) == "1"  # the code ran, because the user allowed it
+
+
+def test_rules_leave_lambda_code_untouched() -> None:
+    config = read_config(fixture_path("lambda_keras20_list"))
+    migrated, _ = migrate_config(config)
+    before = [o for o in legacy._objects(config) if o["class_name"] == "Lambda"]
+    after = [o for o in legacy._objects(migrated) if o["class_name"] == "Lambda"]
+    assert len(before) == len(after) == 1
+    assert after[0] == before[0]
+
+
+# --- failures stay exit 3 with Keras's reason and the writer's version --------------------
+
+
+def test_unknown_failure_names_keras_reason_and_writer_version(tmp_path: Path) -> None:
+    path = tmp_path / "mystery.h5"
+    keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).save(path)
+    config = read_config(path)
+    config["config"]["layers"][1]["class_name"] = "MysteryLayer"
+    write_config(path, config)
+    assert migrate_config(config)[1] == []  # no rule knows this failure
+    with pytest.raises(ModelLoadError) as info:
+        load_legacy_h5(path, safe_mode=True)
+    message = str(info.value)
+    assert info.value.exit_code == 3
+    assert message.startswith(f"{path}: ")
+    assert "MysteryLayer" in message and "after the legacy rules" not in message
+    assert message.endswith(f"(written by Keras {keras.__version__})")
+
+
+def test_failure_after_migration_names_the_rules_tried(tmp_path: Path) -> None:
+    path = tmp_path / "mystery.h5"
+    shutil.copy(fixture_path("conv_variants"), path)
+    config = read_config(path)
+    config["config"]["layers"][1]["class_name"] = "MysteryLayer"
+    write_config(path, config)
+    with pytest.raises(ModelLoadError) as info:
+        load_legacy_h5(path, safe_mode=True)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "MysteryLayer" in message
+    assert "after the legacy rules conv_groups" in message
+    assert message.endswith("(written by Keras 2.21.0)")
+
+
+def test_time_major_true_is_not_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "time_major.h5"
+    shutil.copy(fixture_path("rnn_time_major"), path)
+    config = read_config(path)
+    for obj in legacy._objects(config):
+        if obj["class_name"] in ("GRU", "LSTM", "SimpleRNN"):
+            obj["config"]["time_major"] = True
+    write_config(path, config)
+    with pytest.raises(ModelLoadError, match=r"time_major.*\(written by Keras 2\.21\.0\)$"):
+        load_legacy_h5(path, safe_mode=True)
+
+
+def test_not_an_hdf5_file(tmp_path: Path) -> None:
+    path = tmp_path / "junk.h5"
+    path.write_bytes(b"not a model at all")
+    with pytest.raises(
+        ModelLoadError, match=rf"^{re.escape(str(path))}: .*\(written by Keras unknown\)$"
+    ):
+        load_legacy_h5(path, safe_mode=True)
+
+
+def test_hdf5_without_a_model_config(tmp_path: Path) -> None:
+    path = tmp_path / "weights_only.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = b"2.3.1"
+        f.create_group("model_weights")
+    with pytest.raises(
+        ModelLoadError, match=rf"^{re.escape(str(path))}: .*\(written by Keras 2\.3\.1\)$"
+    ):
+        load_legacy_h5(path, safe_mode=True)
+
+
+# --- the rules, one by one ----------------------------------------------------------
+
+
+def layer(class_name: str, **config: Any) -> dict[str, Any]:
+    return {"class_name": class_name, "config": config}
+
+
+def sequential(*layers: dict[str, Any], name: str = "seq") -> dict[str, Any]:
+    return {"class_name": "Sequential", "config": {"name": name, "layers": list(layers)}}
+
+
+def test_rule_sequential_list_config() -> None:
+    config = {"class_name": "Sequential", "config": [layer("Dense", name="d", units=2)]}
+    assert legacy.rule_sequential_list_config(config)
+    assert config["config"] == {"name": "sequential", "layers": [layer("Dense", name="d", units=2)]}
+    assert not legacy.rule_sequential_list_config(config)
+
+
+def test_rule_sequential_list_config_keeps_a_recorded_nested_name() -> None:
+    nested = {"class_name": "Sequential", "name": "head", "config": [layer("Dense", name="d")]}
+    config = {"class_name": "Functional", "config": {"name": "m", "layers": [nested]}}
+    assert legacy.rule_sequential_list_config(config)
+    assert nested["config"]["name"] == "head"
+
+
+def test_rule_sequential_input_layer() -> None:
+    first = layer("Conv2D", name="conv2d_1", batch_input_shape=[None, 60, 60, 1], dtype="float32")
+    config = sequential(first, layer("Flatten", name="flatten_1"))
+    assert legacy.rule_sequential_input_layer(config)
+    layers = config["config"]["layers"]
+    assert layers[0] == layer(
+        "InputLayer",
+        batch_input_shape=[None, 60, 60, 1],
+        dtype="float32",
+        sparse=False,
+        name="conv2d_1_input",
+    )
+    assert layers[1] is first
+    assert not legacy.rule_sequential_input_layer(config)
+
+
+def test_rule_sequential_input_layer_reads_through_a_nested_first_model() -> None:
+    inner = sequential(layer("Dense", name="d", batch_input_shape=[None, 4]), name="inner")
+    outer = sequential(inner, layer("Dense", name="e"), name="outer")
+    assert legacy.rule_sequential_input_layer(outer)
+    for model, first in ((outer, "inner_input"), (inner, "d_input")):
+        input_layer = model["config"]["layers"][0]
+        assert input_layer["class_name"] == "InputLayer"
+        assert input_layer["config"]["name"] == first
+        assert input_layer["config"]["batch_input_shape"] == [None, 4]
+
+
+def test_rule_sequential_input_layer_leaves_models_without_a_declared_shape() -> None:
+    config = sequential(layer("Dense", name="d", units=2))
+    assert not legacy.rule_sequential_input_layer(config)
+    with_input = sequential(layer("InputLayer", batch_input_shape=[None, 2]), layer("Dense"))
+    assert not legacy.rule_sequential_input_layer(with_input)
+
+
+def test_rule_keras2_module_paths() -> None:
+    conv = {"module": "keras.layers", "class_name": "Conv2D", "config": {}, "registered_name": None}
+    functional = {
+        "module": "tf_keras.src.engine.functional",
+        "class_name": "Functional",
+        "config": {"name": "model1", "layers": [conv]},
+        "registered_name": "Functional",
+    }
+    custom = {"module": "mypkg", "class_name": "Mine", "config": {}, "registered_name": "p>Mine"}
+    wrapped = {"module": "keras.layers", "class_name": "LSTM", "config": {}}
+    bidir = layer("Bidirectional", layer=wrapped)
+    config = sequential(sequential(functional, custom, bidir))
+    assert legacy.rule_keras2_module_paths(config)
+    assert functional.keys() == {"class_name", "config"}
+    assert conv.keys() == {"class_name", "config"}
+    assert custom["module"] == "mypkg"  # custom objects stay as stored
+    assert wrapped["module"] == "keras.layers"  # a wrapper's layer is not a model's entry
+    assert not legacy.rule_keras2_module_paths(config)
+
+
+def test_rule_conv_groups() -> None:
+    depthwise = layer("DepthwiseConv2D", name="dw", groups=1)
+    transpose = layer("Conv2DTranspose", name="t", groups=1)
+    grouped = layer("SeparableConv2D", name="s", groups=2)
+    conv = layer("Conv2D", name="c", groups=1)  # Keras 3's Conv2D takes `groups`
+    config = sequential(depthwise, transpose, grouped, conv)
+    assert legacy.rule_conv_groups(config)
+    assert "groups" not in depthwise["config"] and "groups" not in transpose["config"]
+    assert grouped["config"]["groups"] == 2 and conv["config"]["groups"] == 1
+    assert not legacy.rule_conv_groups(config)
+
+
+def test_rule_separable_conv_kernel_arguments() -> None:
+    separable = layer(
+        "SeparableConv2D",
+        name="s",
+        kernel_initializer={"class_name": "GlorotUniform", "config": {}},
+        kernel_regularizer=None,
+        kernel_constraint=None,
+        depthwise_initializer="glorot_uniform",
+    )
+    config = sequential(separable, layer("Conv2D", name="c", kernel_initializer="zeros"))
+    assert legacy.rule_separable_conv_kernel_arguments(config)
+    assert separable["config"] == {"name": "s", "depthwise_initializer": "glorot_uniform"}
+    assert config["config"]["layers"][1]["config"]["kernel_initializer"] == "zeros"
+    assert not legacy.rule_separable_conv_kernel_arguments(config)
+
+
+def test_rule_spatial_dropout_arguments() -> None:
+    dropout = layer("SpatialDropout2D", name="sd", trainable=True, rate=0.2, noise_shape=None)
+    plain = layer("Dropout", name="d", trainable=True, rate=0.2, noise_shape=None)
+    config = sequential(dropout, plain)
+    assert legacy.rule_spatial_dropout_arguments(config)
+    assert dropout["config"] == {"name": "sd", "rate": 0.2}
+    assert "trainable" in plain["config"]
+    assert not legacy.rule_spatial_dropout_arguments(config)
+
+
+def test_rule_rnn_time_major() -> None:
+    inner = {"module": "keras.layers", "class_name": "LSTM", "config": {"time_major": False}}
+    gru = layer("GRU", time_major=False)
+    major = layer("SimpleRNN", time_major=True)
+    zero = layer("LSTM", time_major=0)  # not the boolean Keras 2 wrote: left alone
+    config = sequential(layer("Bidirectional", layer=inner), gru, major, zero)
+    assert legacy.rule_rnn_time_major(config)
+    assert inner["config"] == {} and gru["config"] == {}
+    assert major["config"] == {"time_major": True} and zero["config"] == {"time_major": 0}
+    assert not legacy.rule_rnn_time_major(config)
+
+
+def test_every_rule_is_registered_once_and_documented() -> None:
+    names = [legacy.rule_name(rule) for rule in legacy.RULES]
+    assert len(set(names)) == len(names)
+    defined = {
+        n.removeprefix("rule_") for n in dir(legacy) if n.startswith("rule_") and n != "rule_name"
+    }
+    assert set(names) == defined
+    for rule in legacy.RULES:
+        doc = rule.__doc__ or ""
+        assert "Writers:" in doc and "Keras 3.15.1" in doc, rule.__name__
+
+
+@pytest.mark.parametrize("name", sorted(MIGRATIONS))
+def test_migrate_config_is_pure_and_idempotent(name: str) -> None:
+    config = read_config(fixture_path(name))
+    snapshot = copy.deepcopy(config)
+    migrated, applied = migrate_config(config)
+    assert config == snapshot
+    assert applied == MIGRATIONS[name]
+    again, applied_again = migrate_config(migrated)
+    assert applied_again == [] and again == migrated
+
+
+def test_importing_legacy_does_not_import_keras() -> None:
+    import subprocess
+
+    code = "import sys, fuse_cli.legacy; print('keras' in sys.modules, 'tensorflow' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.stdout.split() == ["False", "False"]
+
+
+# --- a migrated model merges with itself and survives a save -------------------------
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_RULES))
+def test_merging_a_fixture_with_itself_gives_the_writers_predictions(
+    name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from fuse_cli.ensemble import Mode, build_ensemble
+
+    x, y = writer_data(name)
+    members = [load_legacy_h5(fixture_path(name), safe_mode=True)[0] for _ in range(2)]
+    # Product mode needs a last activation fuse can read; a nested head's is not at hand.
+    softmax = members[0].layers[-1].get_config().get("activation") == "softmax"
+    mode = Mode.PRODUCT if softmax else Mode.SUM
+    merged = build_ensemble(members, [0.5, 0.5], mode=mode)
+    np.testing.assert_allclose(predict(merged, x), y, rtol=1e-5, atol=1e-5)
+
+    path = tmp_path_factory.mktemp("merged") / f"{name}.keras"
+    merged.save(path)
+    reloaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+    np.testing.assert_allclose(predict(reloaded, x), y, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_merges_teachable_machine_export_in_product_mode(tmp_path: Path) -> None:
+    """End to end: `fuse merge` on a migrated file, product mode (softmax found inside)."""
+    from typer.testing import CliRunner
+
+    from fuse_cli.cli import app
+
+    tm = fixture_path("teachable_machine")
+    out = tmp_path / "tm_ensemble.keras"
+    result = CliRunner().invoke(
+        app,
+        ["merge", str(tm), str(tm), "--mode", "product", "--json", "-o", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [m["migrations"] for m in report["members"]] == [EXPECTED_RULES["teachable_machine"]] * 2
+    assert [m["last_activations"] for m in report["members"]] == [["softmax"], ["softmax"]]
+    x, y = writer_data("teachable_machine")
+    merged = keras.saving.load_model(out, compile=False, safe_mode=True)
+    # The geometric mean of a model with itself is the model: the writer's predictions.
+    np.testing.assert_allclose(merged.predict(x, verbose=0), y, rtol=1e-5, atol=1e-5)
+    provenance = merged.get_layer("combine").get_config()["provenance"]
+    assert provenance["members"][0]["migrations"] == EXPECTED_RULES["teachable_machine"]
