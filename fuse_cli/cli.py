@@ -206,8 +206,16 @@ def merge(
     name: Annotated[str, typer.Option("--name", help="Name of the merged model.")] = "ensemble",
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
     no_verify: Annotated[
-        bool, typer.Option("--no-verify", help="Skip reloading OUTPUT and checking the formula.")
+        bool, typer.Option("--no-verify", help="Skip reloading OUTPUT and checking the formula "
+                           "(and the parity of --export artifacts).")
     ] = False,
+    export: Annotated[
+        list[ExportFormat] | None,
+        typer.Option("--export", case_sensitive=False, show_default=False,
+                     help="Also write a deployable artifact beside OUTPUT, checked for parity "
+                     "(repeatable): saved_model → OUT_saved_model/, litert → OUT.tflite, "
+                     "onnx → OUT.onnx."),
+    ] = None,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -236,14 +244,20 @@ def merge(
             verify=not no_verify,
             unsafe=unsafe,
         )
+        requests = _merge_export_requests(output, export, force=force, verify=not no_verify)
         with _spinner(not json_output) as progress:
             report = merge_files(models, output, options, progress=progress)
+            exported = _export_merged(output, requests, force=force, verify=not no_verify,
+                                      unsafe=unsafe, debug=debug, progress=progress)
         for warning in report.warnings:
             err_console.print(f"[yellow]warning:[/] {escape(warning)}")
         if json_output:
-            console.print_json(json.dumps({"ok": True, **report.to_dict()}))
+            extra = {"exports": exported.to_dict()["exports"]} if exported else {}
+            console.print_json(json.dumps({"ok": True, **report.to_dict(), **extra}))
         else:
             print_merge_report(report)
+            if exported:
+                print_exports(exported)
 
 
 def print_merge_report(report: MergeReport) -> None:
@@ -283,8 +297,481 @@ def _size_text(size: int) -> str:
 
 # --- export, inspect and verify commands (issue 5) ---
 
+# typer needs this Enum when it builds the commands; fuse_cli.export imports no Keras.
+from fuse_cli.export import ExportFormat  # noqa: E402
+
+if TYPE_CHECKING:
+    from fuse_cli.export import ExportRun
+    from fuse_cli.inspection import InspectReport, ModelInfo, VerifyReport
+
+NoVerifyOption = Annotated[
+    bool, typer.Option("--no-verify", help="Skip running the artifact and checking its parity.")
+]
+
+
+@app.command("export")
+def export_command(
+    merged: Annotated[
+        Path, typer.Argument(help="A model file written by `fuse merge` (or any .keras / .h5 "
+                             "model).", show_default=False)
+    ],
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option("--format", "-f", case_sensitive=False, show_default=False,
+                     help="saved_model: a TensorFlow SavedModel folder; litert: a .tflite file; "
+                     "onnx: a .onnx file (needs pip install 'fuse-cli\\[onnx]')."),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the artifact.",
+                           show_default=False)
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    no_verify: NoVerifyOption = False,
+    unsafe: UnsafeOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Export MERGED as a SavedModel, LiteRT or ONNX artifact that needs nothing of fuse.
+
+    The artifact is run in its own runtime (tf.saved_model, the LiteRT interpreter,
+    onnxruntime) on a fixed batch and compared with the Keras model; if it disagrees
+    (beyond 1e-5), nothing is written and the exit code is 6.
+
+    Examples:
+
+      fuse export ensemble.keras --format onnx -o ensemble.onnx
+
+      fuse export ensemble.keras --format saved_model -o ensemble_saved_model
+    """
+    with _exit_on_error(debug=debug, json_output=json_output):
+        _import_keras_quietly(debug)
+        from fuse_cli.export import export_file
+
+        with _spinner(not json_output) as progress:
+            run = export_file(merged, [(fmt, output)], force=force, verify=not no_verify,
+                              unsafe=unsafe, quiet=not debug, progress=progress)
+        if json_output:
+            console.print_json(json.dumps({"ok": True, **run.to_dict()}))
+        else:
+            print_exports(run)
+
+
+def _merge_export_requests(
+    output: Path, formats: list[ExportFormat] | None, *, force: bool, verify: bool
+) -> list[tuple[ExportFormat, Path]]:
+    """`merge --export`: where each artifact goes, checked before any model is loaded."""
+    from fuse_cli.export import artifact_path, plan_exports
+
+    requests = [(fmt, artifact_path(output, fmt)) for fmt in dict.fromkeys(formats or [])]
+    plan_exports(output, requests, force=force, verify=verify)
+    return requests
+
+
+def _export_merged(
+    output: Path,
+    requests: list[tuple[ExportFormat, Path]],
+    *,
+    force: bool,
+    verify: bool,
+    unsafe: bool,
+    debug: bool,
+    progress: Any,
+) -> ExportRun | None:
+    """`merge --export`: write the artifacts once OUTPUT is written and verified."""
+    if not requests:
+        return None
+    from fuse_cli.export import export_file
+
+    return export_file(output, requests, force=force, verify=verify, unsafe=unsafe,
+                       quiet=not debug, progress=progress)
+
+
+def print_exports(run: ExportRun) -> None:
+    """The human-readable export report on stdout."""
+    for item in run.exports:
+        console.print(f"exported: {escape(item.path)} ({item.format}, {_size_text(item.size)})")
+        if item.verified and item.max_abs_error is not None:
+            console.print(f"parity:   matches the Keras model in {escape(str(item.runtime))}, "
+                          f"max abs error {item.max_abs_error:.2e} (atol {item.atol:g})")
+        else:
+            console.print("parity:   skipped (--no-verify)")
+
+
+@app.command("inspect")
+def inspect_command(
+    models: Annotated[
+        list[Path], typer.Argument(help="One or more model files (.keras or legacy .h5).",
+                                   show_default=False)
+    ],
+    unsafe: UnsafeOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show each model's format, inputs, outputs, activations, size and SHA-256.
+
+    For a merged file: its mode, weights and each member's source file and SHA-256.
+    For several files: whether `fuse merge` can combine them and, if not, why.
+    """
+    with _exit_on_error(debug=debug, json_output=json_output):
+        _import_keras_quietly(debug)
+        from fuse_cli.inspection import inspect_files
+
+        with _spinner(not json_output) as progress:
+            report = inspect_files(models, unsafe=unsafe, progress=progress)
+        if json_output:
+            console.print_json(json.dumps({"ok": True, **report.to_dict()}))
+        else:
+            print_inspect_report(report)
+
+
+def print_inspect_report(report: InspectReport) -> None:
+    """The human-readable inspect report on stdout."""
+    for i, info in enumerate(report.models):
+        if i:
+            console.print()
+        _print_model_info(info)
+    c = report.compatibility
+    if c is None:
+        return
+    console.print()
+    if not c.mergeable:
+        console.print(f"can merge: [red]no[/]: {escape(str(c.reason))}")
+        return
+    console.print(f"can merge: yes, with {c.inputs} inputs; outputs {', '.join(c.outputs)}")
+    if c.product:
+        console.print("           --mode product too: every output is >= 0")
+    else:
+        console.print(f"           not --mode product: {escape(str(c.product_reason))}")
+
+
+def _tensor_text(t: Any) -> str:
+    shape = "(" + ", ".join("None" if d is None else str(d) for d in t.shape) + ")"
+    return f"{escape(t.name)} {shape} {t.dtype}"
+
+
+def _print_model_info(info: ModelInfo) -> None:
+    written = f", written by Keras {info.keras_version}" if info.keras_version else ""
+    console.print(f"[bold]{escape(info.file)}[/] ({info.format}{written}): model "
+                  f"{escape(info.name)!r}")
+    console.print(f"  inputs:     {'; '.join(_tensor_text(t) for t in info.inputs)}")
+    console.print(f"  outputs:    {'; '.join(_tensor_text(t) for t in info.outputs)}")
+    activations = ", ".join(a or "unknown" for a in info.last_activations)
+    if info.ensemble is not None:
+        members = "; ".join(", ".join(a or "unknown" for a in m["last_activations"])
+                            for m in info.ensemble.members)
+        activations = f"weighted {info.ensemble.mode} of the members' {members}"
+    console.print(f"  activation: {escape(activations)}")
+    console.print(f"  params:     {info.params:,}")
+    console.print(f"  size:       {_size_text(info.size)}")
+    console.print(f"  sha256:     {info.sha256}")
+    e = info.ensemble
+    if e is None:
+        return
+    renormalized = ", renormalized" if e.renormalize else ""
+    weights = ", ".join(f"{w:.4g}" for w in e.weights)
+    if e.weights_given is not None:
+        weights = f"{', '.join(f'{w:g}' for w in e.weights_given)} → {weights}"
+    console.print(f"  ensemble:   {e.mode}{renormalized}, {e.inputs} inputs, weights {weights}"
+                  + (f" ({escape(e.tool)})" if e.tool else ""))
+    for m in e.members:
+        source = escape(str(m["file"])) if m["file"] else "(not recorded)"
+        digest = m["sha256"] or "(no SHA-256 recorded)"
+        console.print(f"    member {m['index']}: {source} → {escape(m['layer'])}, sha256 {digest}")
+
+
+@app.command("verify")
+def verify_command(
+    merged: Annotated[
+        Path, typer.Argument(help="A model file written by `fuse merge`.", show_default=False)
+    ],
+    members: Annotated[
+        list[Path] | None,
+        typer.Argument(help="The original member files, in the order they were merged: each "
+                       "must have the recorded SHA-256 and compute what its embedded copy "
+                       "does.", show_default=False),
+    ] = None,
+    unsafe: UnsafeOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Re-check MERGED: its formula on its embedded members, and its recorded members.
+
+    Exit code 6 on any disagreement.
+
+    Examples:
+
+      fuse verify ensemble.keras
+
+      fuse verify ensemble.keras a.keras b.h5
+    """
+    with _exit_on_error(debug=debug, json_output=json_output):
+        _import_keras_quietly(debug)
+        from fuse_cli.inspection import verify_file
+
+        with _spinner(not json_output) as progress:
+            report = verify_file(merged, members or [], unsafe=unsafe, progress=progress)
+        if json_output:
+            console.print_json(json.dumps({"ok": True, **report.to_dict()}))
+        else:
+            print_verify_report(report)
+
+
+def print_verify_report(report: VerifyReport) -> None:
+    """The human-readable verify report on stdout."""
+    console.print(f"verified: {escape(report.file)} computes its {report.mode} formula on its "
+                  f"{len(report.members)} embedded members, max abs error "
+                  f"{report.formula_max_abs_error:.2e}")
+    if not report.provenance_recorded:
+        console.print("          (the file records no provenance)")
+    for m in report.members:
+        if m.given is None:
+            continue
+        error = f"{m.max_abs_error:.2e}" if m.max_abs_error is not None else "n/a"
+        console.print(f"member {m.index}: {escape(m.given)} has the recorded SHA-256 and "
+                      f"matches its embedded copy, max abs error {error}")
+
+
 
 # --- evaluate and tune commands (issue 6) ---
+
+# typer needs this Enum when it builds the commands; fuse_cli.tuning imports no numpy.
+from fuse_cli.tuning import Metric  # noqa: E402
+
+if TYPE_CHECKING:
+    from fuse_cli.search import Scores
+    from fuse_cli.tuning import EvaluationReport, TuneReport
+
+DataOption = Annotated[
+    Path,
+    typer.Option("--data", "-d", show_default=False,
+                 help="An .npz file: 'x' (or 'x0', 'x1', ... for several inputs) and 'y' "
+                 "(class indices or one-hot), one row per example."),
+]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Rows per predict batch.")]
+
+
+def _quiet_retracing(debug: bool) -> None:
+    """Silence TensorFlow's retracing notices (kept with --debug).
+
+    Each model's predict function traces once for full batches and once for the last,
+    shorter one; TensorFlow counts those traces across models and warns.
+    """
+    if not debug:
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
+    """A status line and one bar per model while predicting, on stderr, only on a terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        yield None, None
+        return
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as bars:
+        status = bars.add_task("starting", total=None)
+        tasks: dict[str, Any] = {}
+
+        def say(message: str) -> None:
+            bars.update(status, description=escape(message))
+
+        def advance(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bars.add_task(f"predicting with {escape(label)}", total=total)
+            bars.update(tasks[label], completed=done)
+
+        yield say, advance
+
+
+@app.command("evaluate")
+def evaluate_command(
+    models: Annotated[
+        list[Path], typer.Argument(help="Model files: members or merged models.",
+                                   show_default=False)
+    ],
+    data: DataOption,
+    batch_size: BatchSizeOption = 256,
+    unsafe: UnsafeOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Score each model on labelled data: accuracy and log-loss.
+
+    Log-loss divides each output row by its sum and clips the label's probability to
+    [1e-7, 1 - 1e-7], as Keras's cross-entropy does; it is n/a for outputs that are not
+    probabilities.
+
+    Example:
+
+      fuse evaluate a.keras b.h5 ensemble.keras --data heldout.npz
+    """
+    with _exit_on_error(debug=debug, json_output=json_output):
+        _import_keras_quietly(debug)
+        _quiet_retracing(debug)
+        from fuse_cli.tuning import evaluate_files
+
+        with _progress_bars(not json_output) as (say, advance):
+            report = evaluate_files(models, data, batch_size=batch_size, unsafe=unsafe,
+                                    progress=say, advance=advance)
+        for warning in report.warnings:
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+        if json_output:
+            console.print_json(json.dumps({"ok": True, **report.to_dict()}))
+        else:
+            print_evaluation(report)
+
+
+def print_evaluation(report: EvaluationReport) -> None:
+    """The human-readable evaluation table on stdout."""
+    table = Table(title=f"{report.data}: {report.rows} rows", title_justify="left")
+    for column in ("model", "output shape", "accuracy", "log-loss"):
+        table.add_column(column, justify="left" if column in ("model", "output shape")
+                         else "right", overflow="fold")
+    for m in report.models:
+        table.add_row(escape(m.file), m.output_shape, f"{m.accuracy:.4f}",
+                      "n/a" if m.log_loss is None else f"{m.log_loss:.4f}")
+    console.print(table)
+
+
+@app.command("tune")
+def tune_command(
+    models: Annotated[
+        list[Path], typer.Argument(help="Two or more model files (.keras or legacy .h5).",
+                                   show_default=False)
+    ],
+    data: DataOption,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="The merged model: .keras (default format), "
+                     ".h5 or .hdf5 (legacy).", show_default=False),
+    ],
+    mode: Annotated[
+        Mode, typer.Option("--mode", "-m", case_sensitive=False,
+                           help="sum: Σ w_i·y_i. product: Π y_i^w_i (weighted geometric mean).")
+    ] = Mode.SUM,
+    metric: Annotated[
+        Metric, typer.Option("--metric", case_sensitive=False,
+                             help="What the weights optimize on the fit part.")
+    ] = Metric.LOG_LOSS,
+    holdout: Annotated[
+        float, typer.Option("--holdout", metavar="FRACTION",
+                            help="Share of the rows held out of the search and scored after "
+                            "it (fixed seed, stratified); 0 fits on every row.")
+    ] = 0.3,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", metavar="FILE.png", show_default=False,
+                     help="Plot the score against the weight (two models) or along the "
+                     "search (more). Needs pip install 'fuse-cli\\[plot]'."),
+    ] = None,
+    renormalize: Annotated[
+        bool, typer.Option("--renormalize",
+                           help="Product mode: divide by the sum over the last axis.")
+    ] = False,
+    assume_nonnegative: Annotated[
+        bool, typer.Option("--assume-nonnegative",
+                           help="Product mode: accept members whose last activation does not "
+                           "prove outputs >= 0.")
+    ] = False,
+    name: Annotated[str, typer.Option("--name", help="Name of the merged model.")] = "ensemble",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace OUTPUT (and the plot) if it exists.")
+    ] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip reloading OUTPUT and checking the formula.")
+    ] = False,
+    batch_size: BatchSizeOption = 256,
+    unsafe: UnsafeOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Find the weights from labelled data, then merge MODELS with them and verify.
+
+    Each model runs once over the data; the weights are searched on part of the rows
+    (an exact grid for two models, Caruana's greedy selection for more) and scored on
+    the rest, which the search never saw.
+
+    Example:
+
+      fuse tune a.keras b.h5 --data val.npz -o ensemble.keras --plot search.png
+    """
+    with _exit_on_error(debug=debug, json_output=json_output):
+        _import_keras_quietly(debug)
+        _quiet_retracing(debug)
+        from fuse_cli.tuning import TuneOptions, tune_files
+
+        options = TuneOptions(
+            mode=mode, metric=metric, holdout=holdout, batch_size=batch_size,
+            renormalize=renormalize, assume_nonnegative=assume_nonnegative, name=name,
+            force=force, verify=not no_verify, unsafe=unsafe, plot=plot,
+        )
+        with _progress_bars(not json_output) as (say, advance):
+            report = tune_files(models, data, output, options, progress=say, advance=advance)
+        for warning in report.warnings:
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+        if json_output:
+            console.print_json(json.dumps({"ok": True, **report.to_dict()}))
+        else:
+            print_tune_report(report)
+
+
+_SEARCHES = {
+    "grid": "exact grid over the first weight, 0 to 1 in steps of 0.01",
+    "greedy": "greedy selection with replacement (Caruana), 100 rounds",
+}
+
+
+def print_tune_report(report: TuneReport) -> None:
+    """The human-readable tuning report on stdout."""
+    fit, held = report.fit, report.heldout
+    split = (f"{fit.rows} to fit the weights, {held.rows} held out (--holdout "
+             f"{report.holdout:g}, seed {report.seed})" if held else
+             f"all {fit.rows} to fit the weights (--holdout 0)")
+    console.print(f"data:     {escape(report.data)}, {report.rows} rows: {split}")
+    console.print(f"search:   {_SEARCHES.get(report.method, report.method)}; "
+                  f"metric {report.metric}")
+    table = Table(title_justify="left")
+    table.add_column("model", overflow="fold")
+    table.add_column("weight", justify="right")
+    for part in ("fit", "held out") if held else ("fit",):
+        table.add_column(f"{part}\naccuracy", justify="right")
+        table.add_column(f"{part}\nlog-loss", justify="right")
+    parts = [fit, held] if held else [fit]
+    for i, (label, weight) in enumerate(zip(report.files, report.weights, strict=True)):
+        table.add_row(escape(label), f"{weight:.4g}", *_score_cells([p.members[i] for p in parts]))
+    equal = f"{1 / len(report.files):.4g} each"
+    table.add_row("equal weights", equal, *_score_cells([p.equal_weights for p in parts]))
+    table.add_row("[bold]tuned ensemble[/]", "", *_score_cells([p.ensemble for p in parts]),
+                  style="bold")
+    console.print(table)
+    merged = report.merge
+    console.print(f"formula:  {escape(merged.formula)}")
+    console.print(f"output:   {escape(merged.output)} ({_size_text(merged.size)})")
+    if merged.verified and merged.max_abs_error is not None:
+        console.print(f"verified: reloaded and matches the formula, max abs error "
+                      f"{merged.max_abs_error:.2e}")
+    else:
+        console.print("verified: skipped (--no-verify)")
+    if report.plot:
+        console.print(f"plot:     {escape(report.plot)}")
+    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
+
+
+def _score_cells(scores: list[Scores]) -> list[str]:
+    cells = []
+    for s in scores:
+        cells.append(f"{s.accuracy:.4f}")
+        cells.append("n/a" if s.log_loss is None else f"{s.log_loss:.4f}")
+    return cells
 
 
 def main() -> None:

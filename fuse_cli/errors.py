@@ -39,3 +39,13 @@ class VerificationError(FuseError):
     """The written file does not compute the formula it claims."""
 
     exit_code = 6
+
+
+class DataError(UsageError):
+    """A `--data` file is readable but does not hold what fuse expects (exit 2)."""
+
+
+class DataLoadError(FuseError):
+    """A `--data` file is missing, unreadable, not an .npz archive, or pickled."""
+
+    exit_code = 3

@@ -160,7 +160,7 @@ def merge_loaded(
     given, normalized = check_options(len(loaded), options)
     check_output(out, [m.path for m in loaded], force=options.force)
 
-    labels = _labels([m.path for m in loaded])
+    labels = file_labels([m.path for m in loaded])
     warnings = _unsafe_warnings(loaded, labels) if options.unsafe else []
     members = [
         _member_report(m, lab, g, w)
@@ -217,7 +217,7 @@ def merge_loaded(
     )
 
 
-def _labels(paths: Sequence[Path]) -> list[str]:
+def file_labels(paths: Sequence[Path]) -> list[str]:
     names = [p.name for p in paths]
     if len(set(names)) == len(names):
         return names

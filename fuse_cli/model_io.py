@@ -472,7 +472,7 @@ def check_output(out: Path, inputs: list[Path], *, force: bool) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{out}: output folder {folder} is not writable")
     for source in inputs:
-        if _same_file(out, source):
+        if same_file(out, source):
             raise OutputError(f"{out}: is also an input; fuse never overwrites its inputs")
     if out.is_dir():
         raise OutputError(f"{out}: is a directory")
@@ -481,7 +481,7 @@ def check_output(out: Path, inputs: list[Path], *, force: bool) -> None:
             raise OutputError(f"{out}: already exists; pass --force to replace it")
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
     except OSError:
@@ -522,9 +522,9 @@ def save_atomically(
             os.fsync(f.fileno())
         if check is not None:
             check(tmp)
-        os.chmod(tmp, 0o644 & ~_umask())
+        os.chmod(tmp, 0o644 & ~current_umask())
         os.replace(tmp, out)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError as exc:
         raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from None
     finally:
@@ -532,13 +532,13 @@ def save_atomically(
     return out.stat().st_size
 
 
-def _umask() -> int:
+def current_umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:

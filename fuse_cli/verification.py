@@ -72,8 +72,24 @@ def reference(
     return heads
 
 
-def compare(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray], what: str) -> float:
+def compare(
+    actual: Sequence[np.ndarray],
+    expected: Sequence[np.ndarray],
+    what: str,
+    *,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    against: str = "the formula",
+) -> float:
     """Compare outputs to the reference within float32 tolerance.
+
+    Args:
+        actual: The outputs under test, head by head.
+        expected: The reference outputs.
+        what: Names the outputs under test in messages.
+        rtol: Relative tolerance.
+        atol: Absolute tolerance.
+        against: Names the reference in messages.
 
     Returns:
         The largest absolute difference.
@@ -93,10 +109,10 @@ def compare(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray], what: 
         if not np.all(np.isfinite(e)):
             raise VerificationError(f"{where}: the members yield NaN or inf on the check batch")
         err = float(np.max(np.abs(a.astype(np.float64) - e))) if a.size else 0.0
-        if not np.allclose(a, e, rtol=RTOL, atol=ATOL):
+        if not np.allclose(a, e, rtol=rtol, atol=atol):
             raise VerificationError(
-                f"{where}: differs from the formula by up to {err:.3g} "
-                f"(tolerance rtol={RTOL}, atol={ATOL})"
+                f"{where}: differs from {against} by up to {err:.3g} "
+                f"(tolerance rtol={rtol}, atol={atol})"
             )
         worst = max(worst, err)
     return worst

@@ -1,0 +1,542 @@
+"""Deployable artifacts: SavedModel, LiteRT and ONNX, each checked in its own runtime.
+
+An artifact is written to a temporary path in the destination folder, run on a
+fixed batch by the runtime a serving stack would use (`tf.saved_model.load`, the
+LiteRT interpreter, onnxruntime), compared with the Keras model, and only then
+renamed into place. A failed conversion or parity check leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fuse_cli.errors import OutputError, UsageError, VerificationError
+from fuse_cli.model_io import MODEL_SUFFIXES, current_umask, fsync_dir, same_file
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+
+Progress = Callable[[str], None]
+
+# Artifact vs Keras model on the check batch: |a - k| <= ATOL + RTOL * |k| (float32).
+PARITY_ATOL = 1e-5
+PARITY_RTOL = 1e-5
+
+
+class ExportFormat(str, Enum):
+    """The artifact formats `fuse export` writes."""
+
+    SAVED_MODEL = "saved_model"
+    LITERT = "litert"
+    ONNX = "onnx"
+
+
+# The name `keras.Model.export` knows each format by.
+_KERAS_FORMATS = {
+    ExportFormat.SAVED_MODEL: "tf_saved_model",
+    ExportFormat.LITERT: "litert",
+    ExportFormat.ONNX: "onnx",
+}
+_SUFFIXES = {ExportFormat.LITERT: ".tflite", ExportFormat.ONNX: ".onnx"}
+# What converting needs, and what only the parity check needs (pip names).
+_CONVERT_NEEDS = {ExportFormat.ONNX: {"tf2onnx": "tf2onnx", "onnx": "onnx"}}
+_RUNTIME_NEEDS = {ExportFormat.ONNX: {"onnxruntime": "onnxruntime"}}
+_EXTRAS = {ExportFormat.ONNX: "onnx", ExportFormat.LITERT: "litert"}
+
+
+@dataclass
+class ExportReport:
+    """One artifact as written and checked."""
+
+    format: str
+    path: str
+    size: int
+    verified: bool
+    max_abs_error: float | None
+    runtime: str | None
+    atol: float = PARITY_ATOL
+    rtol: float = PARITY_RTOL
+    elapsed_seconds: float = 0.0
+
+
+@dataclass
+class ExportRun:
+    """Every artifact written from one model file."""
+
+    source: str
+    exports: list[ExportReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary of every field."""
+        return asdict(self)
+
+
+def artifact_path(out: Path, fmt: ExportFormat) -> Path:
+    """Where `fuse merge -o OUT --export FMT` puts the artifact, beside OUT.
+
+    `ens.keras` gives `ens_saved_model/`, `ens.tflite` and `ens.onnx`.
+    """
+    if fmt is ExportFormat.SAVED_MODEL:
+        return out.with_name(f"{out.stem}_saved_model")
+    return out.with_suffix(_SUFFIXES[fmt])
+
+
+def check_requirements(fmt: ExportFormat, *, verify: bool = True) -> None:
+    """Make sure the packages a format needs are installed, before anything is loaded.
+
+    Raises:
+        UsageError: Naming the missing packages and the command that installs them.
+    """
+    needs = dict(_CONVERT_NEEDS.get(fmt, {}))
+    if verify:
+        needs.update(_RUNTIME_NEEDS.get(fmt, {}))
+    missing = [pip_name for module, pip_name in needs.items() if not _importable(module)]
+    if fmt is ExportFormat.LITERT and verify and _litert_interpreter() is None:
+        missing.append("ai-edge-litert")
+    if missing:
+        raise UsageError(
+            f"--format {fmt.value} needs {', '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: "
+            f"pip install 'fuse-cli[{_EXTRAS[fmt]}]'"
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def check_artifact_path(
+    out: Path, fmt: ExportFormat, inputs: Sequence[Path], *, force: bool
+) -> None:
+    """Check an artifact's destination before any model is loaded.
+
+    Raises:
+        UsageError: The extension does not fit the format.
+        OutputError: Folder missing or not writable, PATH exists without `force`, is
+            an input, or is a directory that `--force` would not safely replace.
+    """
+    suffix = out.suffix.lower()
+    if fmt is ExportFormat.SAVED_MODEL:
+        if suffix in (*MODEL_SUFFIXES, *_SUFFIXES.values()):
+            raise UsageError(
+                f"{out}: a SavedModel is a folder; give a folder name, not a {suffix} file"
+            )
+    elif suffix != _SUFFIXES[fmt]:
+        raise UsageError(
+            f"{out}: --format {fmt.value} writes a {_SUFFIXES[fmt]} file; "
+            f"got {out.suffix or 'no extension'!r}"
+        )
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{out}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: output folder {folder} is not writable")
+    for source in inputs:
+        if same_file(out, source):
+            raise OutputError(f"{out}: is also an input; fuse never overwrites its inputs")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise OutputError(f"{out}: already exists; pass --force to replace it")
+    if out.is_dir() and not out.is_symlink():
+        if fmt is not ExportFormat.SAVED_MODEL:
+            raise OutputError(f"{out}: is a directory")
+        if any(out.iterdir()) and not (out / "saved_model.pb").is_file():
+            raise OutputError(
+                f"{out}: is a folder that holds no SavedModel; --force replaces only a "
+                "SavedModel folder (or an empty one)"
+            )
+
+
+def plan_exports(
+    source: Path,
+    requests: Sequence[tuple[ExportFormat, Path]],
+    *,
+    force: bool = False,
+    verify: bool = True,
+) -> None:
+    """Check every requested artifact (packages, paths) before any model is loaded.
+
+    Raises:
+        UsageError: A missing package, a bad extension, or a path asked for twice.
+        OutputError: A destination that cannot be written.
+    """
+    seen: dict[Path, ExportFormat] = {}
+    for fmt, out in requests:
+        key = Path(os.path.abspath(out))
+        if key in seen:
+            raise UsageError(f"{out}: asked for twice ({seen[key].value} and {fmt.value})")
+        seen[key] = fmt
+        check_requirements(fmt, verify=verify)
+        check_artifact_path(out, fmt, [source], force=force)
+
+
+def export_file(
+    source: str | Path,
+    requests: Sequence[tuple[ExportFormat, str | Path]],
+    *,
+    force: bool = False,
+    verify: bool = True,
+    unsafe: bool = False,
+    quiet: bool = True,
+    progress: Progress | None = None,
+) -> ExportRun:
+    """Load a model file once and write each requested artifact, checking its parity.
+
+    Args:
+        source: A `.keras` / `.h5` file, usually written by `fuse merge`.
+        requests: `(format, path)` pairs.
+        force: Replace existing artifacts.
+        verify: Run each artifact in its runtime and compare with the Keras model.
+        unsafe: Load the source with Keras's safe mode off.
+        quiet: Keep the converters' and runtimes' native log lines off stderr.
+        progress: Called with a short description before each slow step.
+
+    Returns:
+        What was written, with each artifact's parity error.
+
+    Raises:
+        FuseError: A subclass carrying the exit code (DESIGN §5).
+    """
+    from fuse_cli.model_io import check_keras, check_model_path, load_model
+
+    source = Path(source)
+    say = progress or (lambda _message: None)
+    targets = [(fmt, Path(out)) for fmt, out in requests]
+    plan_exports(source, targets, force=force, verify=verify)
+    check_model_path(source)
+    check_keras()
+    import fuse_cli.layers  # noqa: F401  (merged files refer to the combining layers)
+
+    say(f"loading {source}")
+    model = load_model(source, unsafe=unsafe).model
+    run = ExportRun(source=str(source))
+    for fmt, out in targets:
+        say(f"exporting {out} ({fmt.value})")
+        run.exports.append(export_model(model, fmt, out, verify=verify, quiet=quiet))
+    return run
+
+
+def export_model(
+    model: keras.Model,
+    fmt: ExportFormat,
+    out: Path,
+    *,
+    verify: bool = True,
+    quiet: bool = True,
+) -> ExportReport:
+    """Write one artifact through a temporary path, check it, then move it into place.
+
+    Raises:
+        OutputError: The conversion failed or the artifact cannot be written.
+        VerificationError: The artifact disagrees with the Keras model.
+    """
+    start = time.perf_counter()
+    folder = out.parent if str(out.parent) else Path(".")
+    # Running the model first also marks it as called, which the ONNX exporter needs.
+    batch, expected = reference_outputs(model, what=str(out))
+    tmp = _temporary(folder, out, fmt)
+    error: float | None = None
+    runtime: str | None = None
+    try:
+        with _quiet(quiet):
+            _convert(model, fmt, tmp, out)
+            _fsync_tree(tmp)
+            if verify:
+                error, runtime = check_parity(model, fmt, tmp, batch, expected, what=str(out))
+        _publish(tmp, out, folder)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        _remove(tmp)
+    return ExportReport(
+        format=fmt.value,
+        path=str(out),
+        size=_size_of(out),
+        verified=verify,
+        max_abs_error=error,
+        runtime=runtime,
+        elapsed_seconds=time.perf_counter() - start,
+    )
+
+
+def _temporary(folder: Path, out: Path, fmt: ExportFormat) -> Path:
+    if fmt is ExportFormat.SAVED_MODEL:
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder))
+    # Keras's LiteRT exporter insists on the .tflite suffix, so keep the real one last.
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{_SUFFIXES[fmt]}", dir=folder)
+    os.close(fd)
+    return Path(name)
+
+
+def _convert(model: keras.Model, fmt: ExportFormat, tmp: Path, out: Path) -> None:
+    try:
+        model.export(str(tmp), format=_KERAS_FORMATS[fmt], verbose=False)
+    except OSError:
+        raise
+    # The converters (TensorFlow's, TFLite's, tf2onnx) raise all kinds of exception
+    # types for an op or a dtype they cannot handle; none of them is a fuse bug.
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        reason = text[0] if text else type(exc).__name__
+        raise OutputError(
+            f"{out}: cannot convert the model to {fmt.value}: {type(exc).__name__}: {reason}"
+        ) from None
+
+
+def reference_outputs(model: keras.Model, *, what: str) -> tuple[list[Any], list[Any]]:
+    """The fixed check batch for `model`'s inputs, and the Keras model's outputs on it.
+
+    Raises:
+        VerificationError: The Keras model itself yields NaN or inf.
+    """
+    import numpy as np
+
+    from fuse_cli.ensemble import input_specs
+    from fuse_cli.verification import run, sample_batch
+
+    batch = sample_batch(input_specs(model))
+    expected = run(model, batch)
+    if not all(np.all(np.isfinite(e)) for e in expected):
+        raise VerificationError(f"{what}: the Keras model yields NaN or inf on the check batch")
+    return batch, expected
+
+
+def check_parity(
+    model: keras.Model,
+    fmt: ExportFormat,
+    artifact: Path,
+    batch: list[Any],
+    expected: list[Any],
+    *,
+    what: str,
+) -> tuple[float, str]:
+    """Run the artifact in its own runtime on the batch and compare with the Keras outputs.
+
+    Args:
+        model: The Keras model the artifact was made from (for its input names).
+        fmt: The artifact's format, which decides the runtime.
+        artifact: The file or folder to run.
+        batch: The check batch, from `reference_outputs`.
+        expected: The Keras model's outputs on `batch`.
+        what: Names the artifact in messages.
+
+    Returns:
+        The largest absolute difference, and the runtime that ran the artifact.
+
+    Raises:
+        VerificationError: Outputs differ beyond tolerance, or are NaN/inf.
+    """
+    from fuse_cli.verification import compare
+
+    names = [str(t.name) for t in model.inputs]
+    runner, runtime = _RUNNERS[fmt]()
+    try:
+        actual = runner(artifact, names, batch)
+    except VerificationError:
+        raise
+    # An artifact its runtime cannot load or run (an op the runtime lacks, say) fails
+    # the check, whatever the runtime raises.
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        reason = text[0] if text else type(exc).__name__
+        raise VerificationError(
+            f"{what}: {runtime} cannot run the {fmt.value} artifact: "
+            f"{type(exc).__name__}: {reason}"
+        ) from None
+    error = compare(
+        actual, expected, f"{what} ({fmt.value}, run by {runtime})",
+        rtol=PARITY_RTOL, atol=PARITY_ATOL, against="the Keras model",
+    )
+    return error, runtime
+
+
+Runner = Callable[[Path, list[str], list[Any]], list[Any]]
+
+
+def _saved_model_runner() -> tuple[Runner, str]:
+    import tensorflow as tf
+
+    def run(path: Path, names: list[str], batch: list[Any]) -> list[Any]:
+        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        keys = list(signature.structured_input_signature[1])
+        feeds = {k: tf.constant(v) for k, v in _feeds(path, keys, names, batch).items()}
+        return _ordered({k: v.numpy() for k, v in signature(**feeds).items()})
+
+    return run, f"tf.saved_model (tensorflow {tf.__version__})"
+
+
+def _litert_runner() -> tuple[Runner, str]:
+    found = _litert_interpreter()
+    if found is None:  # check_requirements stops this earlier
+        raise UsageError("no LiteRT interpreter: pip install 'fuse-cli[litert]'")
+    interpreter_class, runtime = found
+
+    def run(path: Path, names: list[str], batch: list[Any]) -> list[Any]:
+        runner = interpreter_class(model_path=str(path)).get_signature_runner()
+        keys = list(runner.get_input_details())
+        return _ordered(runner(**_feeds(path, keys, names, batch)))
+
+    return run, runtime
+
+
+def _litert_interpreter() -> tuple[Any, str] | None:
+    """The LiteRT interpreter: `ai_edge_litert`, else TensorFlow's deprecated `tf.lite`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        from ai_edge_litert import interpreter as litert
+
+        return litert.Interpreter, f"ai_edge_litert {version('ai-edge-litert')}"
+    except (ImportError, PackageNotFoundError):
+        pass
+    try:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, f"tf.lite (tensorflow {tf.__version__})"
+    except (ImportError, AttributeError):
+        return None
+
+
+def _onnx_runner() -> tuple[Runner, str]:
+    import onnxruntime as ort
+
+    def run(path: Path, names: list[str], batch: list[Any]) -> list[Any]:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        keys = [i.name for i in session.get_inputs()]
+        return list(session.run(None, _feeds(path, keys, names, batch)))
+
+    return run, f"onnxruntime {ort.__version__}"
+
+
+_RUNNERS: dict[ExportFormat, Callable[[], tuple[Runner, str]]] = {
+    ExportFormat.SAVED_MODEL: _saved_model_runner,
+    ExportFormat.LITERT: _litert_runner,
+    ExportFormat.ONNX: _onnx_runner,
+}
+
+
+def _feeds(path: Path, keys: list[str], names: list[str], batch: list[Any]) -> dict[str, Any]:
+    """Match the artifact's input names to the model's: by name, else by position."""
+    if sorted(keys) == sorted(names):
+        return {k: batch[names.index(k)] for k in keys}
+    if len(keys) == len(batch):
+        return dict(zip(keys, batch, strict=True))
+    raise VerificationError(
+        f"{path}: the artifact has inputs {keys}, but the model has {names}"
+    )
+
+
+def _ordered(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs named `output_0`, `output_1`, ... in numeric order."""
+
+    def index(key: str) -> tuple[int, str]:
+        found = re.search(r"(\d+)$", key)
+        return (int(found.group(1)) if found else -1, key)
+
+    return [outputs[k] for k in sorted(outputs, key=index)]
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """Keep converters' and runtimes' native log lines (fd 2) and warnings off stderr.
+
+    TFLite announces its XNNPACK delegate and TensorFlow its graph passes from C++,
+    where Python's logging cannot reach; they would bury fuse's one-line messages.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    loggers = [logging.getLogger(name) for name in ("tf2onnx", "absl", "tensorflow")]
+    levels = [logger.level for logger in loggers]
+    try:
+        os.dup2(devnull, 2)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _fsync_tree(path: Path) -> None:
+    if path.is_file():
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        return
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb+") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(root))
+
+
+def _publish(tmp: Path, out: Path, folder: Path) -> None:
+    """Rename the checked artifact into place; an old one is replaced only after that."""
+    mask = current_umask()
+    os.chmod(tmp, (0o755 if tmp.is_dir() else 0o644) & ~mask)
+    if tmp.is_file() and not out.is_dir():
+        os.replace(tmp, out)
+    else:
+        # A folder cannot be renamed over a non-empty folder: move the old one aside
+        # first, and back if the new one cannot take its place.
+        aside = None
+        if out.exists() or out.is_symlink():
+            aside = folder / f".{out.name}.{secrets.token_hex(4)}.old"
+            os.rename(out, aside)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if aside is not None:
+                os.rename(aside, out)
+            raise
+        if aside is not None:
+            _remove(aside)
+    fsync_dir(folder)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
