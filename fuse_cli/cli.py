@@ -30,11 +30,10 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="fuse",
-    help="Merge saved Keras models into one verified weighted-sum or weighted-product ensemble.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -119,11 +118,13 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """Merge saved Keras models into one verified ensemble model.
+    """Merge saved Keras models into one verified weighted-sum or weighted-product ensemble.
 
     Loading a merged .keras file from Python needs `import fuse_cli.layers` first.
-    Exit codes: 0 ok, 1 internal error, 2 usage, 3 a model cannot be loaded,
-    4 models cannot be combined, 5 output cannot be written, 6 verification failed.
+
+    Exit codes: 0 ok, 1 internal error (a bug), 2 usage, 3 a model cannot be loaded,
+    4 the models cannot be combined, 5 the output cannot be written, 6 verification
+    failed.
     """
 
 
@@ -141,6 +142,30 @@ UnsafeOption = Annotated[
         "such files are refused (exit 3).",
     ),
 ]
+
+
+MembersArgument = Annotated[
+    list[Path],
+    typer.Argument(help="Two or more model files (.keras or legacy .h5).", show_default=False),
+]
+OutputOption = Annotated[
+    Path,
+    typer.Option("--output", "-o", help="The merged model: .keras (default format), "
+                 ".h5 or .hdf5 (legacy).", show_default=False),
+]
+ModeOption = Annotated[
+    Mode, typer.Option("--mode", "-m", case_sensitive=False,
+                       help="sum: Σ w_i·y_i. product: Π y_i^w_i (weighted geometric mean).")
+]
+RenormalizeOption = Annotated[
+    bool, typer.Option("--renormalize", help="Product mode: divide by the sum over the last axis.")
+]
+AssumeNonnegativeOption = Annotated[
+    bool, typer.Option("--assume-nonnegative",
+                       help="Product mode: accept members whose last activation does not "
+                       "prove outputs >= 0.")
+]
+NameOption = Annotated[str, typer.Option("--name", help="Name of the merged model.")]
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -164,19 +189,9 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 @app.command()
 def merge(
-    models: Annotated[
-        list[Path], typer.Argument(help="Two or more model files (.keras or legacy .h5).",
-                                   show_default=False)
-    ],
-    output: Annotated[
-        Path,
-        typer.Option("--output", "-o", help="The merged model: .keras (default format), "
-                     ".h5 or .hdf5 (legacy).", show_default=False),
-    ],
-    mode: Annotated[
-        Mode, typer.Option("--mode", "-m", case_sensitive=False,
-                           help="sum: Σ w_i·y_i. product: Π y_i^w_i (weighted geometric mean).")
-    ] = Mode.SUM,
+    models: MembersArgument,
+    output: OutputOption,
+    mode: ModeOption = Mode.SUM,
     weight: Annotated[
         float | None,
         typer.Option("--weight", "-w", help="Two models only: weights are (A, 1-A), 0 <= A <= 1.",
@@ -194,16 +209,9 @@ def merge(
                      help="shared: one input fed to every member; separate: one input per "
                      "member, in the order given; auto: shared when compatible."),
     ] = InputsMode.AUTO,
-    renormalize: Annotated[
-        bool, typer.Option("--renormalize",
-                           help="Product mode: divide by the sum over the last axis.")
-    ] = False,
-    assume_nonnegative: Annotated[
-        bool, typer.Option("--assume-nonnegative",
-                           help="Product mode: accept members whose last activation does not "
-                           "prove outputs >= 0.")
-    ] = False,
-    name: Annotated[str, typer.Option("--name", help="Name of the merged model.")] = "ensemble",
+    renormalize: RenormalizeOption = False,
+    assume_nonnegative: AssumeNonnegativeOption = False,
+    name: NameOption = "ensemble",
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip reloading OUTPUT and checking the formula "
@@ -644,20 +652,10 @@ def print_evaluation(report: EvaluationReport) -> None:
 
 @app.command("tune")
 def tune_command(
-    models: Annotated[
-        list[Path], typer.Argument(help="Two or more model files (.keras or legacy .h5).",
-                                   show_default=False)
-    ],
+    models: MembersArgument,
     data: DataOption,
-    output: Annotated[
-        Path,
-        typer.Option("--output", "-o", help="The merged model: .keras (default format), "
-                     ".h5 or .hdf5 (legacy).", show_default=False),
-    ],
-    mode: Annotated[
-        Mode, typer.Option("--mode", "-m", case_sensitive=False,
-                           help="sum: Σ w_i·y_i. product: Π y_i^w_i (weighted geometric mean).")
-    ] = Mode.SUM,
+    output: OutputOption,
+    mode: ModeOption = Mode.SUM,
     metric: Annotated[
         Metric, typer.Option("--metric", case_sensitive=False,
                              help="What the weights optimize on the fit part.")
@@ -673,16 +671,9 @@ def tune_command(
                      help="Plot the score against the weight (two models) or along the "
                      "search (more). Needs pip install 'fuse-cli\\[plot]'."),
     ] = None,
-    renormalize: Annotated[
-        bool, typer.Option("--renormalize",
-                           help="Product mode: divide by the sum over the last axis.")
-    ] = False,
-    assume_nonnegative: Annotated[
-        bool, typer.Option("--assume-nonnegative",
-                           help="Product mode: accept members whose last activation does not "
-                           "prove outputs >= 0.")
-    ] = False,
-    name: Annotated[str, typer.Option("--name", help="Name of the merged model.")] = "ensemble",
+    renormalize: RenormalizeOption = False,
+    assume_nonnegative: AssumeNonnegativeOption = False,
+    name: NameOption = "ensemble",
     force: Annotated[
         bool, typer.Option("--force", help="Replace OUTPUT (and the plot) if it exists.")
     ] = False,

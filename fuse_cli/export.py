@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fuse_cli.errors import OutputError, UsageError, VerificationError
-from fuse_cli.model_io import MODEL_SUFFIXES, current_umask, fsync_dir, same_file
+from fuse_cli.model_io import MODEL_SUFFIXES, check_output_folder, current_umask, fsync_dir
 
 if TYPE_CHECKING:
     import keras
@@ -146,14 +146,7 @@ def check_artifact_path(
             f"{out}: --format {fmt.value} writes a {_SUFFIXES[fmt]} file; "
             f"got {out.suffix or 'no extension'!r}"
         )
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{out}: output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{out}: output folder {folder} is not writable")
-    for source in inputs:
-        if same_file(out, source):
-            raise OutputError(f"{out}: is also an input; fuse never overwrites its inputs")
+    check_output_folder(out, inputs)
     if not (out.exists() or out.is_symlink()):
         return
     if not force:

@@ -18,7 +18,7 @@ import stat
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -453,7 +453,7 @@ def keras_errors(path: Path) -> Iterator[None]:
         raise describe_load_failure(exc, path) from None
 
 
-def check_output(out: Path, inputs: list[Path], *, force: bool) -> None:
+def check_output(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
     """Check the output path before any model is loaded.
 
     Raises:
@@ -466,6 +466,21 @@ def check_output(out: Path, inputs: list[Path], *, force: bool) -> None:
             f"{out}: output must end in .keras (default format), .h5 or .hdf5; "
             f"got {out.suffix or 'no extension'!r}"
         )
+    check_output_folder(out, inputs)
+    if out.is_dir():
+        raise OutputError(f"{out}: is a directory")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise OutputError(f"{out}: already exists; pass --force to replace it")
+
+
+def check_output_folder(out: Path, inputs: Sequence[Path]) -> None:
+    """Check that `out` can be created: its folder exists and is writable, and it is
+    none of the inputs.
+
+    Raises:
+        OutputError: Naming the folder or the input.
+    """
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{out}: output folder {folder} does not exist")
@@ -474,11 +489,6 @@ def check_output(out: Path, inputs: list[Path], *, force: bool) -> None:
     for source in inputs:
         if same_file(out, source):
             raise OutputError(f"{out}: is also an input; fuse never overwrites its inputs")
-    if out.is_dir():
-        raise OutputError(f"{out}: is a directory")
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise OutputError(f"{out}: already exists; pass --force to replace it")
 
 
 def same_file(a: Path, b: Path) -> bool:
