@@ -485,6 +485,19 @@ def _print_model_info(info: ModelInfo) -> None:
         source = escape(str(m["file"])) if m["file"] else "(not recorded)"
         digest = m["sha256"] or "(no SHA-256 recorded)"
         console.print(f"    member {m['index']}: {source} → {escape(m['layer'])}, sha256 {digest}")
+    if e.tuning:
+        console.print(f"  tuned:      {escape(_tuning_text(e.tuning))}")
+
+
+def _tuning_text(tuning: dict[str, Any]) -> str:
+    """One line on how `fuse tune` chose the weights, from the file's provenance."""
+    data = tuning.get("data") or {}
+    text = (f"{tuning.get('method')} on {tuning.get('metric')}, data {data.get('file')} "
+            f"({data.get('rows')} rows, holdout {tuning.get('holdout')})")
+    held = tuning.get("heldout") or {}
+    scores = ", ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in held.items()
+                       if k in ("accuracy", "log_loss") and isinstance(v, float))
+    return f"{text}; held out: {scores}" if scores else text
 
 
 @app.command("verify")

@@ -62,6 +62,7 @@ class EnsembleInfo:
     weights_given: list[float] | None
     tool: str | None
     members: list[dict[str, Any]]
+    tuning: dict[str, Any] | None = None
 
 
 @dataclass
@@ -275,6 +276,7 @@ def read_ensemble(model: keras.Model) -> EnsembleInfo | None:
         weights_given=provenance.get("weights_given"),
         tool=provenance.get("tool"),
         members=infos,
+        tuning=provenance.get("tuning") if isinstance(provenance.get("tuning"), dict) else None,
     )
 
 

@@ -301,6 +301,11 @@ def test_tune_writes_a_verified_model_recording_the_tuning(
     (expected,) = reference([[m] for m in members], combine.coefficients, Mode.PRODUCT)
     np.testing.assert_allclose(predict(model, x)[0], expected, rtol=1e-5, atol=1e-6)
 
+    inspected = run(runner, "inspect", out, ok=True)
+    assert "tuned:      grid on log_loss, data val.npz" in inspected.stdout
+    shown = json.loads(run(runner, "inspect", out, "--json", ok=True).stdout)
+    assert shown["models"][0]["ensemble"]["tuning"] == tuning
+
 
 def test_tune_plots_the_greedy_search(
     runner: CliRunner, trio: dict[str, Path], tmp_path: Path
