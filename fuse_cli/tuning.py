@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from fuse_cli.ensemble import Mode
 from fuse_cli.errors import DataError, IncompatibleModelsError, OutputError, UsageError
-from fuse_cli.merge import file_labels
 
 if TYPE_CHECKING:
     import keras
@@ -264,6 +263,7 @@ def evaluate_files(
     """
     from fuse_cli.data import check_inputs, read_data
     from fuse_cli.ensemble import input_specs
+    from fuse_cli.merge import file_labels  # not at import time: merge imports numpy
     from fuse_cli.model_io import check_keras, check_model_path, load_model
     from fuse_cli.search import are_probabilities, score
 
@@ -368,7 +368,13 @@ def tune_files(
         FuseError: A subclass carrying the exit code (DESIGN §5).
     """
     from fuse_cli.data import SPLIT_SEED, read_data, split_rows
-    from fuse_cli.merge import MergeOptions, check_options, load_members, merge_loaded
+    from fuse_cli.merge import (
+        MergeOptions,
+        check_options,
+        file_labels,
+        load_members,
+        merge_loaded,
+    )
     from fuse_cli.model_io import check_output
     from fuse_cli.search import Ensembler, as_rows, search_weights
 

@@ -217,3 +217,16 @@ def test_product_with_zero_weight_ignores_that_member() -> None:
 def test_build_ensemble_rejects_renormalize_in_sum_mode(zoo: dict[str, Path]) -> None:
     with pytest.raises(UsageError, match="--renormalize"):
         build_ensemble([load(zoo["a.keras"]), load(zoo["b.keras"])], [0.5, 0.5], renormalize=True)
+
+
+def test_check_batch_shrinks_for_large_inputs() -> None:
+    """Verification runs members eagerly: large images are checked a few at a time."""
+    from fuse_cli.ensemble import TensorSpec
+    from fuse_cli.verification import BATCH, batch_size, sample_batch
+
+    small = [TensorSpec((5,), "float32")]
+    image = [TensorSpec((224, 224, 3), "float32")]
+    assert batch_size(small) == BATCH
+    assert batch_size(image) == 1
+    assert sample_batch(image)[0].shape == (1, 224, 224, 3)
+    assert sample_batch([TensorSpec((None, None, 3), "float32")])[0].shape == (BATCH, 32, 32, 3)
