@@ -288,6 +288,12 @@ def print_merge_report(report: MergeReport) -> None:
         if m.migrations:
             console.print(f"{escape(m.file)}: legacy file migrated by "
                           f"{escape(', '.join(m.migrations))}")
+    _print_written(report)
+    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
+
+
+def _print_written(report: MergeReport) -> None:
+    """The formula, the file written and its verification: merge's and tune's last lines."""
     console.print(f"formula:  {escape(report.formula)}")
     console.print(f"output:   {escape(report.output)} ({_size_text(report.size)})")
     if report.verified and report.max_abs_error is not None:
@@ -295,7 +301,6 @@ def print_merge_report(report: MergeReport) -> None:
                       f"{report.max_abs_error:.2e}")
     else:
         console.print("verified: skipped (--no-verify)")
-    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
 
 
 def _size_text(size: int) -> str:
@@ -761,14 +766,7 @@ def print_tune_report(report: TuneReport) -> None:
     table.add_row("[bold]tuned ensemble[/]", "", *_score_cells([p.ensemble for p in parts]),
                   style="bold")
     console.print(table)
-    merged = report.merge
-    console.print(f"formula:  {escape(merged.formula)}")
-    console.print(f"output:   {escape(merged.output)} ({_size_text(merged.size)})")
-    if merged.verified and merged.max_abs_error is not None:
-        console.print(f"verified: reloaded and matches the formula, max abs error "
-                      f"{merged.max_abs_error:.2e}")
-    else:
-        console.print("verified: skipped (--no-verify)")
+    _print_written(report.merge)
     if report.plot:
         console.print(f"plot:     {escape(report.plot)}")
     console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")

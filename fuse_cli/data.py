@@ -21,7 +21,6 @@ Structure problems (missing keys, wrong shapes, mismatched lengths, bad labels) 
 from __future__ import annotations
 
 import re
-import stat
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 
 from fuse_cli.ensemble import Shape, TensorSpec
 from fuse_cli.errors import DataError, DataLoadError
+from fuse_cli.model_io import check_regular_file
 
 SPLIT_SEED = 0
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -85,7 +85,7 @@ def read_data(path: str | Path) -> Dataset:
             different numbers of rows.
     """
     path = Path(path)
-    _check_readable(path)
+    check_regular_file(path, DataLoadError, "an .npz data file")
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -110,19 +110,6 @@ def read_data(path: str | Path) -> Dataset:
     data = Dataset(path=path, keys=keys, inputs=[arrays[k] for k in keys], y=arrays["y"])
     _check_arrays(data)
     return data
-
-
-def _check_readable(path: Path) -> None:
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise DataLoadError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise DataLoadError(f"{path}: cannot read: {exc.strerror}") from None
-    if stat.S_ISDIR(mode):
-        raise DataLoadError(f"{path}: is a directory, not an .npz data file")
-    if not stat.S_ISREG(mode):
-        raise DataLoadError(f"{path}: not a regular file")
 
 
 def _input_keys(path: Path, names: Sequence[str]) -> list[str]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from fuse_cli.errors import ModelLoadError, OutputError, UsageError
+from fuse_cli.errors import FuseError, ModelLoadError, OutputError, UsageError
 
 if TYPE_CHECKING:
     import h5py
@@ -121,18 +121,32 @@ def check_model_path(path: Path) -> None:
     """
     if _URL_LIKE.match(str(path)):
         raise ModelLoadError(f"{path}: remote locations are not loaded; download the file first")
+    check_regular_file(path, ModelLoadError, "a model file")
+
+
+def check_regular_file(path: Path, error: type[FuseError], kind: str) -> None:
+    """Check that `path` is an existing, readable regular file.
+
+    Args:
+        path: The file.
+        error: The error to raise (its exit code is the caller's).
+        kind: What the file should be, for the message (`"a model file"`).
+
+    Raises:
+        error: Missing, a directory or device, or unreadable.
+    """
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise ModelLoadError(f"{path}: no such file") from None
+        raise error(f"{path}: no such file") from None
     except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read: {exc.strerror}") from None
+        raise error(f"{path}: cannot read: {exc.strerror}") from None
     if stat.S_ISDIR(mode):
-        raise ModelLoadError(f"{path}: is a directory, not a model file")
+        raise error(f"{path}: is a directory, not {kind}")
     if not stat.S_ISREG(mode):
-        raise ModelLoadError(f"{path}: not a regular file")
+        raise error(f"{path}: not a regular file")
     if not os.access(path, os.R_OK):
-        raise ModelLoadError(f"{path}: permission denied")
+        raise error(f"{path}: permission denied")
 
 
 def sniff_format(head: bytes, path: Path) -> Format:
