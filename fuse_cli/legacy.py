@@ -328,19 +328,18 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _read_header(path: Path) -> _Header:
+def _read_header(f: h5py.File) -> _Header:
     """The `model_config` JSON and the writer's Keras version; None/unknown if absent."""
     import h5py
 
     try:
-        with h5py.File(path, "r") as f:
-            version = f.attrs.get("keras_version")
-            if version is None and isinstance(f.get("model_weights"), h5py.Group):
-                version = f["model_weights"].attrs.get("keras_version")
-            raw = f.attrs.get("model_config")
-            config = json.loads(_text(raw)) if raw is not None else None
+        version = f.attrs.get("keras_version")
+        if version is None and isinstance(f.get("model_weights"), h5py.Group):
+            version = f["model_weights"].attrs.get("keras_version")
+        raw = f.attrs.get("model_config")
+        config = json.loads(_text(raw)) if raw is not None else None
     except (OSError, ValueError, RecursionError):
-        # Not HDF5, or not JSON: the plain loader will say what is wrong in its words.
+        # Not JSON: the plain loader will say what is wrong in its words.
         return _Header(None, "unknown")
     if not isinstance(config, dict):
         config = None
@@ -470,13 +469,11 @@ def load_weights_by_name(model: keras.Model, weights: h5py.Group) -> None:
             raise ValueError(f"the file has weights for layer {name!r}, which the model lacks")
 
 
-def _load_migrated(path: Path, config: Config, *, safe_mode: bool) -> keras.Model:
-    import h5py
+def _load_migrated(f: h5py.File, config: Config, *, safe_mode: bool) -> keras.Model:
     from keras.src.saving.saving_lib import safe_get_h5_group
 
     model = _build_from_config(config, safe_mode=safe_mode)
-    with h5py.File(path, "r") as f:
-        load_weights_by_name(model, safe_get_h5_group(f, "model_weights"))
+    load_weights_by_name(model, safe_get_h5_group(f, "model_weights"))
     return model
 
 
@@ -510,18 +507,23 @@ def _unsafe_error(path: Path, version: str) -> ModelLoadError:
     return _load_error(path, reason, version)
 
 
-def _plain_load(path: Path, *, safe_mode: bool) -> keras.Model:
+def _plain_load(source: Path | h5py.File, *, safe_mode: bool) -> keras.Model:
     # What `keras.saving.load_model` runs for a `.h5` path, called directly because
     # fuse decides the format by content and the file may have any extension.
     from keras.src.legacy.saving import legacy_h5_format
 
     model: keras.Model = legacy_h5_format.load_model_from_hdf5(
-        str(path), custom_objects=None, compile=False, safe_mode=safe_mode
+        str(source) if isinstance(source, Path) else source,
+        custom_objects=None,
+        compile=False,
+        safe_mode=safe_mode,
     )
     return model
 
 
-def load_legacy_h5(path: Path, *, safe_mode: bool) -> tuple[keras.Model, list[str]]:
+def load_legacy_h5(
+    path: Path, *, safe_mode: bool, h5: h5py.File | None = None
+) -> tuple[keras.Model, list[str]]:
     """Load a legacy HDF5 model file, migrating its config when plain Keras 3 refuses it.
 
     The plain Keras 3 loader runs first. When it fails for a reason other than safe
@@ -530,21 +532,33 @@ def load_legacy_h5(path: Path, *, safe_mode: bool) -> tuple[keras.Model, list[st
     an error (`_SILENT_MISREADS`) is migrated without trying the plain loader.
 
     Args:
-        path: an HDF5 model file.
+        path: an HDF5 model file (named in messages).
         safe_mode: refuse code-carrying layers (Lambda), as `keras.saving.load_model`.
+        h5: the file already open, as fuse checked it: everything is read from it, so
+            the file that is loaded is the one that was checked. Opened from `path`
+            when not given.
 
     Returns:
         The model and the names of the rewrite rules applied ([] if plain loading worked).
 
     Raises:
-        ModelLoadError: `"{path.name}: {reason} (written by Keras {version})"`.
+        ModelLoadError: `"{path}: {reason} (written by Keras {version})"`.
     """
-    header = _read_header(path)
+    if h5 is None:
+        import h5py
+
+        try:
+            opened = h5py.File(path, "r")
+        except OSError as exc:
+            raise _load_error(path, _reason(exc), "unknown") from None
+        with opened:
+            return load_legacy_h5(path, safe_mode=safe_mode, h5=opened)
+    header = _read_header(h5)
     version = header.keras_version
     plain_error: BaseException | None = None
     if header.config is None or not _misread_silently(header.config):
         try:
-            return _plain_load(path, safe_mode=safe_mode), []
+            return _plain_load(h5, safe_mode=safe_mode), []
         except _LOAD_ERRORS as exc:
             plain_error = exc
         if _is_unsafe_refusal(plain_error):
@@ -559,7 +573,7 @@ def load_legacy_h5(path: Path, *, safe_mode: bool) -> tuple[keras.Model, list[st
         reason = _reason(plain_error) if plain_error else "no model config in the file"
         raise _load_error(path, reason, version) from None
     try:
-        return _load_migrated(path, migrated, safe_mode=safe_mode), applied
+        return _load_migrated(h5, migrated, safe_mode=safe_mode), applied
     except _LOAD_ERRORS as exc:
         if _is_unsafe_refusal(exc):
             raise _unsafe_error(path, version) from None

@@ -289,23 +289,24 @@ def _load_hdf5(f: IO[bytes], path: Path, unsafe: bool) -> tuple[keras.Model, str
         h5 = h5py.File(f, "r")
     except OSError as exc:
         raise ModelLoadError(f"{path}: corrupt HDF5 file: {_first_line(exc)}") from None
-    try:
-        with h5:
+    from fuse_cli import legacy
+
+    with h5:
+        try:
             check_hdf5(h5, path)
             config = json.loads(_attr_text(h5.attrs["model_config"]) or "")
             version = _attr_text(h5.attrs.get("keras_version"))
-    except ModelLoadError:
-        raise
-    except ValueError:
-        raise ModelLoadError(f"{path}: model_config is not valid JSON") from None
-    except Exception as exc:  # h5py raises OSError, KeyError, ... on corrupt structures
-        raise ModelLoadError(f"{path}: corrupt HDF5 file: {_first_line(exc)}") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{path}: model_config is not a JSON object: not a Keras model")
-    check_config(config, path)
-    from fuse_cli import legacy
-
-    model, migrations = legacy.load_legacy_h5(path, safe_mode=not unsafe)
+        except ModelLoadError:
+            raise
+        except ValueError:
+            raise ModelLoadError(f"{path}: model_config is not valid JSON") from None
+        except Exception as exc:  # h5py raises OSError, KeyError, ... on corrupt structures
+            raise ModelLoadError(f"{path}: corrupt HDF5 file: {_first_line(exc)}") from None
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{path}: model_config is not a JSON object: not a Keras model")
+        check_config(config, path)
+        # From the same open file that was checked: no window to swap the file.
+        model, migrations = legacy.load_legacy_h5(path, safe_mode=not unsafe, h5=h5)
     return model, version, migrations
 
 
