@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fuse_cli.errors import OutputError, UsageError, VerificationError
-from fuse_cli.model_io import MODEL_SUFFIXES, check_output_folder, current_umask, fsync_dir
+from fuse_cli.model_io import (
+    MODEL_SUFFIXES,
+    check_output_folder,
+    current_umask,
+    first_line,
+    fsync_dir,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -290,8 +296,7 @@ def _convert(model: keras.Model, fmt: ExportFormat, tmp: Path, out: Path) -> Non
     # The converters (TensorFlow's, TFLite's, tf2onnx) raise all kinds of exception
     # types for an op or a dtype they cannot handle; none of them is a fuse bug.
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        reason = text[0] if text else type(exc).__name__
+        reason = first_line(exc)
         raise OutputError(
             f"{out}: cannot convert the model to {fmt.value}: {type(exc).__name__}: {reason}"
         ) from None
@@ -351,8 +356,7 @@ def check_parity(
     # An artifact its runtime cannot load or run (an op the runtime lacks, say) fails
     # the check, whatever the runtime raises.
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        reason = text[0] if text else type(exc).__name__
+        reason = first_line(exc)
         raise VerificationError(
             f"{what}: {runtime} cannot run the {fmt.value} artifact: "
             f"{type(exc).__name__}: {reason}"

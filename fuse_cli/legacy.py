@@ -486,8 +486,9 @@ def _reason(exc: BaseException) -> str:
     marker = "Exception encountered: "
     if marker in text:
         text = text.rsplit(marker, 1)[1].strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first if len(first) <= 300 else first[:297] + "..."
+    from fuse_cli.model_io import first_line
+
+    return first_line(text or type(exc).__name__)
 
 
 def _is_unsafe_refusal(exc: BaseException) -> bool:

@@ -288,7 +288,7 @@ def _load_hdf5(f: IO[bytes], path: Path, unsafe: bool) -> tuple[keras.Model, str
     try:
         h5 = h5py.File(f, "r")
     except OSError as exc:
-        raise ModelLoadError(f"{path}: corrupt HDF5 file: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{path}: corrupt HDF5 file: {first_line(exc)}") from None
     from fuse_cli import legacy
 
     with h5:
@@ -301,7 +301,7 @@ def _load_hdf5(f: IO[bytes], path: Path, unsafe: bool) -> tuple[keras.Model, str
         except ValueError:
             raise ModelLoadError(f"{path}: model_config is not valid JSON") from None
         except Exception as exc:  # h5py raises OSError, KeyError, ... on corrupt structures
-            raise ModelLoadError(f"{path}: corrupt HDF5 file: {_first_line(exc)}") from None
+            raise ModelLoadError(f"{path}: corrupt HDF5 file: {first_line(exc)}") from None
         if not isinstance(config, dict):
             raise ModelLoadError(f"{path}: model_config is not a JSON object: not a Keras model")
         check_config(config, path)
@@ -418,7 +418,7 @@ def _check_archive_weights(zf: zipfile.ZipFile, path: Path) -> None:
             raise
         except Exception as exc:  # h5py raises OSError, KeyError, ValueError... on corrupt data
             raise ModelLoadError(
-                f"{path}: corrupt weights in archive: {_first_line(exc)}"
+                f"{path}: corrupt weights in archive: {first_line(exc)}"
             ) from None
 
 
@@ -430,7 +430,8 @@ def _attr_text(value: Any) -> str | None:
     return str(value)
 
 
-def _first_line(exc: BaseException, limit: int = 300) -> str:
+def first_line(exc: BaseException | str, limit: int = 300) -> str:
+    """The first line of an error's text (or of `text`), cut to `limit` characters."""
     text = str(exc).strip() or type(exc).__name__
     line = text.splitlines()[0].strip()
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -442,7 +443,7 @@ _UNSAFE_MARKERS = ("safe_mode", "unsafe", "arbitrary code")
 def describe_load_failure(exc: BaseException, path: Path) -> ModelLoadError:
     """Turn what Keras raised while deserializing into one or two lines for the user."""
     text = str(exc)
-    reason = _first_line(exc)
+    reason = first_line(exc)
     if type(exc) not in (ValueError, TypeError, OSError):
         reason = f"{type(exc).__name__}: {reason}"
     if any(marker in text for marker in _UNSAFE_MARKERS):
