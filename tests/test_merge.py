@@ -230,3 +230,22 @@ def test_check_batch_shrinks_for_large_inputs() -> None:
     assert batch_size(image) == 1
     assert sample_batch(image)[0].shape == (1, 224, 224, 3)
     assert sample_batch([TensorSpec((None, None, 3), "float32")])[0].shape == (BATCH, 32, 32, 3)
+
+
+def test_cached_skipsets_are_the_ones_keras_computes() -> None:
+    """The skipset cache (a Keras key mix-up, see model_io) holds Keras's own sets and is hit."""
+    from keras.src.backend.common import global_state
+    from keras.src.saving import saving_lib
+
+    from fuse_cli.model_io import _WALKED_TYPES, cache_keras_skipsets
+
+    for obj_type in _WALKED_TYPES:  # start from Keras's own state: nothing cached
+        for key in ("skiplist", "skipset"):
+            global_state.set_global_attribute(f"saving_attr_{key}_{obj_type}", None)
+    fresh = {t: saving_lib.get_attr_skipset(t) for t in _WALKED_TYPES}
+    cache_keras_skipsets()
+    for obj_type in _WALKED_TYPES:
+        cached = saving_lib.get_attr_skipset(obj_type)
+        assert cached == fresh[obj_type]
+        assert "_self_unconditional_dependency_names" in cached
+        assert cached is saving_lib.get_attr_skipset(obj_type)  # served from the cache
