@@ -109,15 +109,19 @@ def cache_keras_skipsets() -> None:
     so the cache never hits: each layer walked builds a throwaway `Layer()` and lists
     its attributes, ~0.4 ms, about 0.2 s per MobileNetV2-sized `.keras` load or save.
     This stores Keras's own result under the key Keras reads; the sets are the same,
-    only computed once. Harmless once Keras fixes the key (then unused).
+    only computed once. Harmless once Keras fixes the key (then unused), and skipped if
+    a later Keras moves these internals: it only saves time.
     """
-    from keras.src.backend.common import global_state
-    from keras.src.saving import saving_lib
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.saving import saving_lib
 
-    for obj_type in _WALKED_TYPES:
-        key = f"saving_attr_skiplist_{obj_type}"
-        if global_state.get_global_attribute(key) is None:
-            global_state.set_global_attribute(key, saving_lib.get_attr_skipset(obj_type))
+        for obj_type in _WALKED_TYPES:
+            key = f"saving_attr_skiplist_{obj_type}"
+            if global_state.get_global_attribute(key) is None:
+                global_state.set_global_attribute(key, saving_lib.get_attr_skipset(obj_type))
+    except (ImportError, AttributeError, ValueError):
+        return
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

@@ -249,3 +249,18 @@ def test_cached_skipsets_are_the_ones_keras_computes() -> None:
         assert cached == fresh[obj_type]
         assert "_self_unconditional_dependency_names" in cached
         assert cached is saving_lib.get_attr_skipset(obj_type)  # served from the cache
+
+
+def test_skipset_cache_steps_aside_when_keras_internals_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It only saves time: without `get_attr_skipset` it does nothing instead of failing."""
+    from keras.src.backend.common import global_state
+    from keras.src.saving import saving_lib
+
+    from fuse_cli.model_io import cache_keras_skipsets
+
+    monkeypatch.delattr(saving_lib, "get_attr_skipset")
+    global_state.set_global_attribute("saving_attr_skiplist_Layer", None)
+    cache_keras_skipsets()
+    assert global_state.get_global_attribute("saving_attr_skiplist_Layer") is None
