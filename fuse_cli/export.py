@@ -13,44 +13,31 @@ import importlib
 import logging
 import os
 import re
-import secrets
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fuse_cli.errors import OutputError, UsageError, VerificationError
-from fuse_cli.model_io import (
-    MODEL_SUFFIXES,
-    check_output_folder,
-    current_umask,
-    first_line,
-    fsync_dir,
-)
+import numpy as np
+
+from fuse_cli.choices import ExportFormat
+from fuse_cli.ensemble import input_specs
+from fuse_cli.errors import OutputError, UsageError, VerificationError, first_line
+from fuse_cli.files import MODEL_SUFFIXES, check_output_folder, publish
+from fuse_cli.formats import check_keras, check_model_path, load_model
+from fuse_cli.verification import compare, run, sample_batch
 
 if TYPE_CHECKING:
     import keras
-    import numpy as np
 
 Progress = Callable[[str], None]
 
 # Artifact vs Keras model on the check batch: |a - k| <= ATOL + RTOL * |k| (float32).
 PARITY_ATOL = 1e-5
 PARITY_RTOL = 1e-5
-
-
-class ExportFormat(str, Enum):
-    """The artifact formats `fuse export` writes."""
-
-    SAVED_MODEL = "saved_model"
-    LITERT = "litert"
-    ONNX = "onnx"
 
 
 # The name `keras.Model.export` knows each format by.
@@ -217,8 +204,6 @@ def export_file(
     Raises:
         FuseError: A subclass carrying the exit code (DESIGN §5).
     """
-    from fuse_cli.model_io import check_keras, check_model_path, load_model
-
     source = Path(source)
     say = progress or (lambda _message: None)
     targets = [(fmt, Path(out)) for fmt, out in requests]
@@ -251,41 +236,35 @@ def export_model(
         VerificationError: The artifact disagrees with the Keras model.
     """
     start = time.perf_counter()
-    folder = out.parent if str(out.parent) else Path(".")
     # Running the model first also marks it as called, which the ONNX exporter needs.
     batch, expected = reference_outputs(model, what=str(out))
-    tmp = _temporary(folder, out, fmt)
-    error: float | None = None
-    runtime: str | None = None
-    try:
+    parity: list[tuple[float, str]] = []
+
+    def write(tmp: Path) -> None:
         with _quiet(quiet):
             _convert(model, fmt, tmp, out)
-            _fsync_tree(tmp)
-            if verify:
-                error, runtime = check_parity(model, fmt, tmp, batch, expected, what=str(out))
-        _publish(tmp, out, folder)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        _remove(tmp)
+
+    def check(tmp: Path) -> None:
+        with _quiet(quiet):
+            parity.append(check_parity(model, fmt, tmp, batch, expected, what=str(out)))
+
+    size = publish(
+        out,
+        write,
+        check=check if verify else None,
+        directory=fmt is ExportFormat.SAVED_MODEL,
+        suffix=_SUFFIXES.get(fmt),
+    )
+    error, runtime = parity[0] if parity else (None, None)
     return ExportReport(
         format=fmt.value,
         path=str(out),
-        size=_size_of(out),
+        size=size,
         verified=verify,
         max_abs_error=error,
         runtime=runtime,
         elapsed_seconds=time.perf_counter() - start,
     )
-
-
-def _temporary(folder: Path, out: Path, fmt: ExportFormat) -> Path:
-    if fmt is ExportFormat.SAVED_MODEL:
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder))
-    # Keras's LiteRT exporter insists on the .tflite suffix, so keep the real one last.
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{_SUFFIXES[fmt]}", dir=folder)
-    os.close(fd)
-    return Path(name)
 
 
 def _convert(model: keras.Model, fmt: ExportFormat, tmp: Path, out: Path) -> None:
@@ -308,11 +287,6 @@ def reference_outputs(model: keras.Model, *, what: str) -> tuple[list[Any], list
     Raises:
         VerificationError: The Keras model itself yields NaN or inf.
     """
-    import numpy as np
-
-    from fuse_cli.ensemble import input_specs
-    from fuse_cli.verification import run, sample_batch
-
     batch = sample_batch(input_specs(model))
     expected = run(model, batch)
     if not all(np.all(np.isfinite(e)) for e in expected):
@@ -345,8 +319,6 @@ def check_parity(
     Raises:
         VerificationError: Outputs differ beyond tolerance, or are NaN/inf.
     """
-    from fuse_cli.verification import compare
-
     names = [str(t.name) for t in model.inputs]
     runner, runtime = _RUNNERS[fmt]()
     try:
@@ -487,53 +459,3 @@ def _quiet(enabled: bool) -> Iterator[None]:
         os.close(devnull)
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-def _fsync_tree(path: Path) -> None:
-    if path.is_file():
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
-        return
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb+") as f:
-                os.fsync(f.fileno())
-        fsync_dir(Path(root))
-
-
-def _publish(tmp: Path, out: Path, folder: Path) -> None:
-    """Rename the checked artifact into place; an old one is replaced only after that."""
-    mask = current_umask()
-    os.chmod(tmp, (0o755 if tmp.is_dir() else 0o644) & ~mask)
-    if tmp.is_file() and not out.is_dir():
-        os.replace(tmp, out)
-    else:
-        # A folder cannot be renamed over a non-empty folder: move the old one aside
-        # first, and back if the new one cannot take its place.
-        aside = None
-        if out.exists() or out.is_symlink():
-            aside = folder / f".{out.name}.{secrets.token_hex(4)}.old"
-            os.rename(out, aside)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if aside is not None:
-                os.rename(aside, out)
-            raise
-        if aside is not None:
-            _remove(aside)
-    fsync_dir(folder)
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def _size_of(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

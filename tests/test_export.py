@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_cnn
+from helpers import tiny_cnn
 from typer.testing import CliRunner
 
 from fuse_cli import export as export_module
