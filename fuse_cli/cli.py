@@ -23,6 +23,7 @@ from fuse_cli import __version__, render
 from fuse_cli.choices import ExportFormat, InputsMode, Metric, Mode
 from fuse_cli.errors import FuseError, UsageError
 from fuse_cli.render import console
+from fuse_cli.schemas import JSON_SCHEMA
 
 app = typer.Typer(
     name="fuse",
@@ -64,26 +65,33 @@ def _import_keras_quietly(debug: bool) -> None:
 
 
 @contextmanager
-def _exit_on_error(*, debug: bool = False, json_output: bool = False) -> Iterator[None]:
+def _exit_on_error(
+    command: str, *, debug: bool = False, json_output: bool = False
+) -> Iterator[None]:
     """Turn every failure into one message on stderr and its exit code (DESIGN §5)."""
     try:
         yield
     except FuseError as exc:
-        _fail(str(exc), exc.exit_code, json_output)
+        _fail(command, str(exc), exc.exit_code, json_output)
     except KeyboardInterrupt:
-        _fail("interrupted", 130, json_output)
+        _fail(command, "interrupted", 130, json_output)
     except Exception as exc:  # a bug in fuse: say so, keep the traceback for --debug
         if debug:
             traceback.print_exc()
         hint = "" if debug else " (run again with --debug for the traceback)"
-        _fail(f"internal error: {type(exc).__name__}: {exc}{hint}", 1, json_output)
+        _fail(command, f"internal error: {type(exc).__name__}: {exc}{hint}", 1, json_output)
 
 
-def _fail(message: str, code: int, json_output: bool) -> None:
+def _fail(command: str, message: str, code: int, json_output: bool) -> None:
     render.print_error(message)
     if json_output:
-        console.print_json(json.dumps({"ok": False, "exit_code": code, "error": message}))
+        _print_json(command, {"ok": False, "exit_code": code, "error": message})
     raise typer.Exit(code)
+
+
+def _print_json(command: str, data: dict[str, object]) -> None:
+    """One JSON object on stdout, under the versioned contract (`fuse_cli/schemas/`)."""
+    console.print_json(json.dumps({"schema": JSON_SCHEMA, "command": command, **data}))
 
 
 def _version_callback(value: bool) -> None:
@@ -150,6 +158,17 @@ AssumeNonnegativeOption = Annotated[
                        "prove outputs >= 0.")
 ]
 NameOption = Annotated[str, typer.Option("--name", help="Name of the merged model.")]
+AllowMixedOption = Annotated[
+    bool, typer.Option("--allow-mixed-outputs",
+                       help="Sum mode: add members whose outputs are of different kinds "
+                       "(probabilities from softmax/sigmoid, raw scores from a linear last "
+                       "layer) as they are. Default: exit 4.")
+]
+ToProbabilitiesOption = Annotated[
+    bool, typer.Option("--to-probabilities",
+                       help="Append softmax (sigmoid for a single unit) to raw-score members "
+                       "before combining, so they add up with probability members.")
+]
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -195,11 +214,18 @@ def merge(
     ] = InputsMode.AUTO,
     renormalize: RenormalizeOption = False,
     assume_nonnegative: AssumeNonnegativeOption = False,
+    allow_mixed_outputs: AllowMixedOption = False,
+    to_probabilities: ToProbabilitiesOption = False,
     name: NameOption = "ensemble",
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip reloading OUTPUT and checking the formula "
                            "(and the parity of --export artifacts).")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Load and check everything, print the plan (members, "
+                           "inputs, formula, where each file would go) and write nothing. "
+                           "Exit code as the merge would give: 0, 2, 3, 4 or 5.")
     ] = False,
     export: Annotated[
         list[ExportFormat] | None,
@@ -219,10 +245,12 @@ def merge(
       fuse merge a.keras b.h5 --weight 0.3 -o ensemble.keras    # 0.3·a + 0.7·b
 
       fuse merge a.keras b.keras c.keras --mode product -o ens.keras
+
+      fuse merge a.keras b.h5 -o ensemble.keras --dry-run     # check only, write nothing
     """
-    with _exit_on_error(debug=debug, json_output=json_output):
+    with _exit_on_error("merge", debug=debug, json_output=json_output):
         _import_keras_quietly(debug)
-        from fuse_cli.merge import MergeOptions, merge_files
+        from fuse_cli.merge import MergeOptions, merge_files, plan_merge
 
         options = MergeOptions(
             mode=mode,
@@ -231,6 +259,8 @@ def merge(
             inputs=inputs,
             renormalize=renormalize,
             assume_nonnegative=assume_nonnegative,
+            allow_mixed_outputs=allow_mixed_outputs,
+            to_probabilities=to_probabilities,
             name=name,
             force=force,
             verify=not no_verify,
@@ -238,11 +268,20 @@ def merge(
             exports=list(export or []),
             quiet=not debug,
         )
+        if dry_run:
+            with render.spinner(not json_output) as progress:
+                plan = plan_merge(models, output, options, progress=progress)
+            render.print_warnings(plan.warnings)
+            if json_output:
+                _print_json("merge", {"ok": True, **plan.to_dict()})
+            else:
+                render.print_merge_plan(plan)
+            return
         with render.spinner(not json_output) as progress:
             report = merge_files(models, output, options, progress=progress)
         render.print_warnings(report.warnings)
         if json_output:
-            console.print_json(json.dumps({"ok": True, **report.to_dict()}))
+            _print_json("merge", {"ok": True, **report.to_dict()})
         else:
             render.print_merge_report(report)
             render.print_exports(report.exports)
@@ -289,7 +328,7 @@ def export_command(
 
       fuse export ensemble.keras --format saved_model -o ensemble_saved_model
     """
-    with _exit_on_error(debug=debug, json_output=json_output):
+    with _exit_on_error("export", debug=debug, json_output=json_output):
         _import_keras_quietly(debug)
         from fuse_cli.export import export_file
 
@@ -297,7 +336,7 @@ def export_command(
             run = export_file(merged, [(fmt, output)], force=force, verify=not no_verify,
                               unsafe=unsafe, quiet=not debug, progress=progress)
         if json_output:
-            console.print_json(json.dumps({"ok": True, **run.to_dict()}))
+            _print_json("export", {"ok": True, **run.to_dict()})
         else:
             render.print_exports(run.exports)
 
@@ -317,14 +356,14 @@ def inspect_command(
     For a merged file: its mode, weights and each member's source file and SHA-256.
     For several files: whether `fuse merge` can combine them and, if not, why.
     """
-    with _exit_on_error(debug=debug, json_output=json_output):
+    with _exit_on_error("inspect", debug=debug, json_output=json_output):
         _import_keras_quietly(debug)
         from fuse_cli.inspection import inspect_files
 
         with render.spinner(not json_output) as progress:
             report = inspect_files(models, unsafe=unsafe, progress=progress)
         if json_output:
-            console.print_json(json.dumps({"ok": True, **report.to_dict()}))
+            _print_json("inspect", {"ok": True, **report.to_dict()})
         else:
             render.print_inspect_report(report)
 
@@ -354,14 +393,14 @@ def verify_command(
 
       fuse verify ensemble.keras a.keras b.h5
     """
-    with _exit_on_error(debug=debug, json_output=json_output):
+    with _exit_on_error("verify", debug=debug, json_output=json_output):
         _import_keras_quietly(debug)
         from fuse_cli.verification import verify_file
 
         with render.spinner(not json_output) as progress:
             report = verify_file(merged, members or [], unsafe=unsafe, progress=progress)
         if json_output:
-            console.print_json(json.dumps({"ok": True, **report.to_dict()}))
+            _print_json("verify", {"ok": True, **report.to_dict()})
         else:
             render.print_verify_report(report)
 
@@ -409,7 +448,7 @@ def evaluate_command(
 
       fuse evaluate a.keras b.h5 ensemble.keras --data heldout.npz
     """
-    with _exit_on_error(debug=debug, json_output=json_output):
+    with _exit_on_error("evaluate", debug=debug, json_output=json_output):
         _import_keras_quietly(debug)
         _quiet_retracing(debug)
         from fuse_cli.evaluation import evaluate_files
@@ -419,7 +458,7 @@ def evaluate_command(
                                     progress=say, advance=advance)
         render.print_warnings(report.warnings)
         if json_output:
-            console.print_json(json.dumps({"ok": True, **report.to_dict()}))
+            _print_json("evaluate", {"ok": True, **report.to_dict()})
         else:
             render.print_evaluation(report)
 
@@ -447,6 +486,8 @@ def tune_command(
     ] = None,
     renormalize: RenormalizeOption = False,
     assume_nonnegative: AssumeNonnegativeOption = False,
+    allow_mixed_outputs: AllowMixedOption = False,
+    to_probabilities: ToProbabilitiesOption = False,
     name: NameOption = "ensemble",
     force: Annotated[
         bool, typer.Option("--force", help="Replace OUTPUT (and the plot) if it exists.")
@@ -469,21 +510,23 @@ def tune_command(
 
       fuse tune a.keras b.h5 --data val.npz -o ensemble.keras --plot search.png
     """
-    with _exit_on_error(debug=debug, json_output=json_output):
+    with _exit_on_error("tune", debug=debug, json_output=json_output):
         _import_keras_quietly(debug)
         _quiet_retracing(debug)
         from fuse_cli.tuning import TuneOptions, tune_files
 
         options = TuneOptions(
             mode=mode, metric=metric, holdout=holdout, batch_size=batch_size,
-            renormalize=renormalize, assume_nonnegative=assume_nonnegative, name=name,
+            renormalize=renormalize, assume_nonnegative=assume_nonnegative,
+            allow_mixed_outputs=allow_mixed_outputs, to_probabilities=to_probabilities,
+            name=name,
             force=force, verify=not no_verify, unsafe=unsafe, plot=plot,
         )
         with render.progress_bars(not json_output) as (say, advance):
             report = tune_files(models, data, output, options, progress=say, advance=advance)
         render.print_warnings(report.warnings)
         if json_output:
-            console.print_json(json.dumps({"ok": True, **report.to_dict()}))
+            _print_json("tune", {"ok": True, **report.to_dict()})
         else:
             render.print_tune_report(report)
 

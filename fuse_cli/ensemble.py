@@ -24,6 +24,15 @@ Shape = tuple[int | None, ...]
 NONNEGATIVE_ACTIVATIONS = frozenset(
     {"softmax", "sigmoid", "relu", "relu6", "softplus", "exponential"}
 )
+# The layers `--to-probabilities` appends to member i: `to_probabilities_<i>[_<head>]`.
+TO_PROBABILITIES_PREFIX = "to_probabilities_"
+# What a member's last activation says its outputs are (DESIGN §2, output kinds).
+PROBABILITIES = "probabilities"
+RAW_SCORES = "raw scores"
+OTHER = "other"
+PROBABILITY_ACTIVATIONS = frozenset({"softmax", "sigmoid"})
+# Keras serializes `activation=None` as "linear".
+RAW_SCORE_ACTIVATIONS = frozenset({"linear"})
 
 
 @dataclass(frozen=True)
@@ -216,17 +225,33 @@ def _activation_of(tensor: Any) -> str | None:
 
 
 def check_nonnegative(
-    models: Sequence[keras.Model], labels: Sequence[str], *, assume: bool
+    models: Sequence[keras.Model],
+    labels: Sequence[str],
+    *,
+    assume: bool,
+    transforms: Sequence[Sequence[str | None]] | None = None,
 ) -> list[list[str | None]]:
     """Product mode needs non-negative outputs; prove it from the last activations.
 
+    Args:
+        models: The members.
+        labels: How to name each member in messages.
+        assume: Accept any activation (`--assume-nonnegative`).
+        transforms: Per member and output, an activation appended after it
+            (`--to-probabilities`), which then is the last one.
+
     Returns:
-        Each member's last activation per output.
+        Each member's last activation per output (after any appended one).
 
     Raises:
         IncompatibleModelsError: Some output is not provably >= 0 and `assume` is off.
     """
     found = [last_activations(m) for m in models]
+    if transforms is not None:
+        found = [
+            [appended or name for name, appended in zip(names, added, strict=True)]
+            for names, added in zip(found, transforms, strict=True)
+        ]
     if not assume:
         for label, activations in zip(labels, found, strict=True):
             for head, name in enumerate(activations):
@@ -241,17 +266,131 @@ def check_nonnegative(
     return found
 
 
-def member_names(models: Sequence[keras.Model]) -> list[str]:
-    """Unique names for the nested members: `member_0_<name>`, `member_1_<name>`, ..."""
-    return [f"member_{i}_{m.name}" for i, m in enumerate(models)]
-
-
 @dataclass(frozen=True)
 class InputPlan:
     """The merged model's inputs: one shared set, or one set per member."""
 
     shared: bool
     specs: list[list[TensorSpec]]
+
+
+def output_kind(activation: str | None) -> str:
+    """`PROBABILITIES`, `RAW_SCORES` or `OTHER`, from an output's last activation."""
+    if activation in PROBABILITY_ACTIVATIONS:
+        return PROBABILITIES
+    if activation in RAW_SCORE_ACTIVATIONS:
+        return RAW_SCORES
+    return OTHER
+
+
+def probability_activation(spec: TensorSpec) -> str:
+    """What `--to-probabilities` appends to a raw-score output: sigmoid for one unit."""
+    return "sigmoid" if spec.shape and spec.shape[-1] == 1 else "softmax"
+
+
+def check_output_kinds(
+    models: Sequence[keras.Model],
+    labels: Sequence[str],
+    *,
+    allow_mixed: bool = False,
+    to_probabilities: bool = False,
+) -> list[list[str | None]]:
+    """Sum mode: refuse adding probabilities to raw scores; plan `--to-probabilities`.
+
+    Each output is classified by its last activation (through nested models):
+    probabilities (softmax, sigmoid), raw scores (linear, i.e. no activation), or
+    other, which is not guarded. With `to_probabilities`, every raw-score output gets
+    softmax appended (sigmoid for a single unit), so it is a probability too.
+
+    Args:
+        models: The members.
+        labels: How to name each member in messages.
+        allow_mixed: Accept probabilities and raw scores side by side.
+        to_probabilities: Append softmax/sigmoid to raw-score outputs.
+
+    Returns:
+        Per member and output, the activation to append (`"softmax"`, `"sigmoid"`),
+        or None.
+
+    Raises:
+        IncompatibleModelsError: Probabilities and raw scores side by side, naming
+            each file and its last activation.
+    """
+    found = [last_activations(m) for m in models]
+    transforms: list[list[str | None]] = []
+    for model, activations in zip(models, found, strict=True):
+        added: list[str | None] = []
+        for spec, name in zip(output_specs(model), activations, strict=True):
+            raw = to_probabilities and output_kind(name) == RAW_SCORES
+            added.append(probability_activation(spec) if raw else None)
+        transforms.append(added)
+    if allow_mixed or to_probabilities:
+        return transforms
+    heads = len(found[0])
+    for head in range(heads):
+        kinds = [output_kind(activations[head]) for activations in found]
+        if PROBABILITIES in kinds and RAW_SCORES in kinds:
+            where = f"output {head} " if heads > 1 else ""
+            details = "; ".join(
+                f"{label}: {activations[head]} ({kind})"
+                for label, activations, kind in zip(labels, found, kinds, strict=True)
+            )
+            raise IncompatibleModelsError(
+                f"mixed output kinds: {where}probabilities and raw scores cannot be added "
+                f"({details}); pass --to-probabilities to append softmax to the raw-score "
+                "members, or --allow-mixed-outputs to add them as they are"
+            )
+    return transforms
+
+
+@dataclass(frozen=True)
+class Combination:
+    """What the checks decided: the output heads, the input plan, the appended activations."""
+
+    heads: list[TensorSpec]
+    plan: InputPlan
+    transforms: list[list[str | None]]
+
+    @property
+    def transformed(self) -> bool:
+        """Whether `--to-probabilities` appends anything."""
+        return any(t for added in self.transforms for t in added)
+
+
+def check_combination(
+    models: Sequence[keras.Model],
+    labels: Sequence[str],
+    *,
+    mode: Mode = Mode.SUM,
+    inputs: InputsMode = InputsMode.AUTO,
+    assume_nonnegative: bool = False,
+    allow_mixed_outputs: bool = False,
+    to_probabilities: bool = False,
+) -> Combination:
+    """Every check `build_ensemble` runs before building: outputs, kinds, signs, inputs.
+
+    Raises:
+        UsageError: `--allow-mixed-outputs` with product mode.
+        IncompatibleModelsError: The members cannot be combined, naming each file.
+    """
+    if allow_mixed_outputs and mode is not Mode.SUM:
+        raise UsageError("--allow-mixed-outputs applies to --mode sum only")
+    heads = check_outputs(models, labels)
+    if mode is Mode.SUM:
+        transforms = check_output_kinds(
+            models, labels, allow_mixed=allow_mixed_outputs, to_probabilities=to_probabilities
+        )
+    else:
+        transforms = check_output_kinds(models, labels, allow_mixed=True,
+                                        to_probabilities=to_probabilities)
+        check_nonnegative(models, labels, assume=assume_nonnegative, transforms=transforms)
+    plan = plan_inputs(models, labels, inputs)
+    return Combination(heads=heads, plan=plan, transforms=transforms)
+
+
+def member_names(models: Sequence[keras.Model]) -> list[str]:
+    """Unique names for the nested members: `member_0_<name>`, `member_1_<name>`, ..."""
+    return [f"member_{i}_{m.name}" for i, m in enumerate(models)]
 
 
 def plan_inputs(
@@ -282,6 +421,8 @@ def build_ensemble(
     inputs: InputsMode = InputsMode.AUTO,
     renormalize: bool = False,
     assume_nonnegative: bool = False,
+    allow_mixed_outputs: bool = False,
+    to_probabilities: bool = False,
     name: str = "ensemble",
     labels: Sequence[str] | None = None,
     provenance: dict[str, Any] | None = None,
@@ -295,6 +436,9 @@ def build_ensemble(
         inputs: Share one input set, give each member its own, or decide (`auto`).
         renormalize: Product mode: divide by the sum over the last axis.
         assume_nonnegative: Product mode: skip the last-activation check.
+        allow_mixed_outputs: Sum mode: add probabilities and raw scores as they are.
+        to_probabilities: Append softmax (sigmoid for one unit) to raw-score outputs,
+            as layers `to_probabilities_<i>` between member `i` and the combining layer.
         name: The merged model's name.
         labels: How members are named in messages; defaults to their model names.
         provenance: Recorded in the combining layers' configs.
@@ -317,10 +461,11 @@ def build_ensemble(
         raise UsageError(f"{len(coefficients)} weights for {len(models)} models")
     if renormalize and mode is not Mode.PRODUCT:
         raise UsageError("--renormalize applies to --mode product only")
-    heads = check_outputs(models, labels)
-    if mode is Mode.PRODUCT:
-        check_nonnegative(models, labels, assume=assume_nonnegative)
-    plan = plan_inputs(models, labels, inputs)
+    combination = check_combination(
+        models, labels, mode=mode, inputs=inputs, assume_nonnegative=assume_nonnegative,
+        allow_mixed_outputs=allow_mixed_outputs, to_probabilities=to_probabilities,
+    )
+    heads, plan = combination.heads, combination.plan
 
     if len({id(m) for m in models}) != len(models):
         raise UsageError("the same in-memory model was given twice; load or clone it again")
@@ -331,8 +476,8 @@ def build_ensemble(
     member_outputs = []
     for i, model in enumerate(models):
         own = model_inputs[0] if plan.shared else model_inputs[i]
-        result = model(own if len(own) > 1 else own[0])
-        member_outputs.append(keras.tree.flatten(result))
+        result = keras.tree.flatten(model(own if len(own) > 1 else own[0]))
+        member_outputs.append(_append_activations(result, combination.transforms[i], i))
 
     layer_class = MERGE_LAYERS[mode.value]
     extra = {"renormalize": renormalize} if mode is Mode.PRODUCT else {}
@@ -347,6 +492,22 @@ def build_ensemble(
         outputs=outputs if len(outputs) > 1 else outputs[0],
         name=name,
     )
+
+
+def _append_activations(
+    outputs: list[Any], transforms: Sequence[str | None], index: int
+) -> list[Any]:
+    """Member `index`'s outputs, with `--to-probabilities`' activations appended."""
+    import keras
+
+    result = []
+    for head, (tensor, activation) in enumerate(zip(outputs, transforms, strict=True)):
+        if activation is None:
+            result.append(tensor)
+            continue
+        name = TO_PROBABILITIES_PREFIX + (f"{index}" if len(outputs) == 1 else f"{index}_{head}")
+        result.append(keras.layers.Activation(activation, name=name)(tensor))
+    return result
 
 
 def _make_inputs(plan: InputPlan, count: int) -> list[list[Any]]:

@@ -17,7 +17,9 @@ import keras
 
 from fuse_cli.choices import InputsMode
 from fuse_cli.ensemble import (
+    TO_PROBABILITIES_PREFIX,
     check_nonnegative,
+    check_output_kinds,
     check_outputs,
     input_specs,
     last_activations,
@@ -90,6 +92,9 @@ class Compatibility:
     reason: str | None
     product: bool
     product_reason: str | None
+    # Sum mode: why probabilities and raw scores cannot be added as they are (then
+    # `mergeable` is False and `reason` says the same), or None.
+    mixed_outputs: str | None = None
 
 
 @dataclass
@@ -177,13 +182,19 @@ def check_compatibility(models: Sequence[keras.Model], labels: Sequence[str]) ->
         check_nonnegative(models, labels, assume=False)
     except IncompatibleModelsError as exc:
         product_reason = str(exc)
+    mixed = None
+    try:
+        check_output_kinds(models, labels)
+    except IncompatibleModelsError as exc:
+        mixed = str(exc)
     return Compatibility(
-        mergeable=True,
+        mergeable=mixed is None,
         inputs="shared" if plan.shared else "separate",
         outputs=[str(h) for h in heads],
-        reason=None,
+        reason=mixed,
         product=product_reason is None,
         product_reason=product_reason,
+        mixed_outputs=mixed,
     )
 
 
@@ -203,6 +214,26 @@ def embedded_members(model: keras.Model) -> list[keras.Model]:
     return [layer for _, layer in sorted(found, key=lambda pair: pair[0])]
 
 
+def appended_activations(layers: Sequence[Any], count: int) -> list[list[str | None]]:
+    """What `--to-probabilities` put between each member and the combining layers.
+
+    Read from the graph, not the provenance: per member and head, the activation of a
+    `to_probabilities_*` layer feeding combining layer `head`, or None.
+    """
+    found: list[list[str | None]] = [[None] * len(layers) for _ in range(count)]
+    for head, layer in enumerate(layers):
+        nodes = getattr(layer, "_inbound_nodes", None) or []
+        tensors = list(getattr(nodes[0], "input_tensors", [])) if nodes else []
+        for i, tensor in enumerate(tensors[:count]):
+            history = getattr(tensor, "_keras_history", None)
+            source = history[0] if history else None
+            if source is not None and str(source.name).startswith(TO_PROBABILITIES_PREFIX):
+                activation = getattr(source, "activation", None)
+                name = getattr(activation, "__name__", None)
+                found[i][head] = name if name in ("softmax", "sigmoid") else "unknown"
+    return found
+
+
 def mode_of(layer: Any) -> str:
     """`"sum"` or `"product"`: which combining layer `layer` is."""
     return next(mode for mode, cls in MERGE_LAYERS.items() if isinstance(layer, cls))
@@ -217,6 +248,7 @@ def read_ensemble(model: keras.Model) -> EnsembleInfo | None:
     provenance = first.provenance if isinstance(first.provenance, dict) else {}
     members = embedded_members(model)
     recorded = provenance.get("members") or []
+    appended = appended_activations(layers, len(members))
     infos = []
     for i, member in enumerate(members):
         entry = recorded[i] if i < len(recorded) and isinstance(recorded[i], dict) else {}
@@ -228,6 +260,7 @@ def read_ensemble(model: keras.Model) -> EnsembleInfo | None:
             "sha256": entry.get("sha256"),
             "migrations": entry.get("migrations", []),
             "last_activations": last_activations(member),
+            "to_probabilities": appended[i] if any(appended[i]) else [],
         })
     shared = bool(members) and len(model.inputs) == len(members[0].inputs)
     return EnsembleInfo(

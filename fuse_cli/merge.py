@@ -13,18 +13,20 @@ from typing import TYPE_CHECKING, Any
 from fuse_cli import __version__
 from fuse_cli.choices import ExportFormat, InputsMode, Mode
 from fuse_cli.ensemble import (
+    Combination,
     build_ensemble,
+    check_combination,
     input_specs,
     last_activations,
+    output_kind,
     output_specs,
-    plan_inputs,
     resolve_weights,
 )
 from fuse_cli.errors import UsageError
 from fuse_cli.export import artifact_path, export_file, plan_exports
 from fuse_cli.files import check_output, publish
 from fuse_cli.formats import LoadedModel, cache_keras_skipsets, load_model, load_models
-from fuse_cli.report import MemberReport, MergeReport, file_labels, formula_text
+from fuse_cli.report import MemberReport, MergePlan, MergeReport, file_labels, formula_text
 from fuse_cli.verification import check_formula
 
 if TYPE_CHECKING:
@@ -45,6 +47,10 @@ class MergeOptions:
     inputs: InputsMode = InputsMode.AUTO
     renormalize: bool = False
     assume_nonnegative: bool = False
+    # Sum mode: add probabilities and raw scores as they are.
+    allow_mixed_outputs: bool = False
+    # Append softmax (sigmoid for one unit) to raw-score members before combining.
+    to_probabilities: bool = False
     name: str = "ensemble"
     force: bool = False
     verify: bool = True
@@ -70,6 +76,8 @@ def check_options(count: int, options: MergeOptions) -> tuple[list[float], list[
     given, normalized = resolve_weights(count, options.weight, options.weights)
     if options.renormalize and options.mode is not Mode.PRODUCT:
         raise UsageError("--renormalize applies to --mode product only")
+    if options.allow_mixed_outputs and options.mode is not Mode.SUM:
+        raise UsageError("--allow-mixed-outputs applies to --mode sum only")
     if not _NAME.match(options.name):
         raise UsageError(
             f"--name {options.name!r}: use letters, digits, '_', '.' or '-' (at most 128)"
@@ -103,10 +111,7 @@ def merge_files(
     say = progress or (lambda _message: None)
 
     out = Path(out)
-    check_options(len(files), options)
-    check_output(out, files, force=options.force)
-    requests = [(fmt, artifact_path(out, fmt)) for fmt in dict.fromkeys(options.exports)]
-    plan_exports(out, requests, force=options.force, verify=options.verify)
+    requests = _check_paths(files, out, options)
     loaded = load_models(files, unsafe=options.unsafe, progress=say)
     report = merge_loaded(loaded, out, options, progress=progress, start=start)
     if requests:
@@ -114,6 +119,89 @@ def merge_files(
                           unsafe=options.unsafe, quiet=options.quiet, progress=progress)
         report.exports = run.exports
     return report
+
+
+def plan_merge(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    options: MergeOptions | None = None,
+    progress: Progress | None = None,
+) -> MergePlan:
+    """`fuse merge --dry-run`: load and check everything `merge_files` would, write nothing.
+
+    The options, OUT and every `--export` destination, every member file, and the
+    checks on outputs, output kinds, signs (product mode) and inputs run exactly as in
+    `merge_files`, so a plan that comes back means the real merge gets as far as
+    writing; a failure raises the same error (exit 2, 3, 4 or 5).
+
+    Args:
+        paths: Two or more model files (`.keras` or legacy HDF5).
+        out: Where the merged model would go.
+        options: Mode, weights and the rest; defaults to an equal-weight sum.
+        progress: Called with a short description before each slow step.
+
+    Returns:
+        The plan: members, input plan, formula, and where each file would go.
+
+    Raises:
+        FuseError: A subclass carrying the exit code (DESIGN §5).
+    """
+    start = time.perf_counter()
+    options = options or MergeOptions()
+    files = [Path(p) for p in paths]
+    out = Path(out)
+    requests = _check_paths(files, out, options)
+    loaded = load_models(files, unsafe=options.unsafe, progress=progress or (lambda _m: None))
+    given, normalized = check_options(len(loaded), options)
+    labels = file_labels(files)
+    combination = _check_members(loaded, labels, options)
+    transforms = combination.transforms
+    members = [
+        _member_report(m, lab, g, w, t)
+        for m, lab, g, w, t in zip(loaded, labels, given, normalized, transforms, strict=True)
+    ]
+    return MergePlan(
+        output=str(out),
+        replaces=out.exists(),
+        mode=options.mode.value,
+        formula=formula_text(labels, normalized, options.mode.value, options.renormalize,
+                             transforms),
+        inputs="shared" if combination.plan.shared else "separate",
+        input_shapes=[[str(spec) for spec in group] for group in combination.plan.specs],
+        output_shapes=[str(head) for head in combination.heads],
+        renormalize=options.renormalize,
+        members=members,
+        verify=options.verify,
+        exports=[{"format": fmt.value, "path": str(path), "replaces": path.exists()}
+                 for fmt, path in requests],
+        elapsed_seconds=time.perf_counter() - start,
+        warnings=_unsafe_warnings(loaded, labels) if options.unsafe else [],
+    )
+
+
+def _check_paths(
+    files: Sequence[Path], out: Path, options: MergeOptions
+) -> list[tuple[ExportFormat, Path]]:
+    """The checks before any model loads: options, OUT, and every `--export` artifact."""
+    check_options(len(files), options)
+    check_output(out, files, force=options.force)
+    requests = [(fmt, artifact_path(out, fmt)) for fmt in dict.fromkeys(options.exports)]
+    plan_exports(out, requests, force=options.force, verify=options.verify)
+    return requests
+
+
+def _check_members(
+    loaded: Sequence[LoadedModel], labels: Sequence[str], options: MergeOptions
+) -> Combination:
+    return check_combination(
+        [m.model for m in loaded],
+        labels,
+        mode=options.mode,
+        inputs=options.inputs,
+        assume_nonnegative=options.assume_nonnegative,
+        allow_mixed_outputs=options.allow_mixed_outputs,
+        to_probabilities=options.to_probabilities,
+    )
 
 
 def merge_loaded(
@@ -150,13 +238,15 @@ def merge_loaded(
 
     labels = file_labels([m.path for m in loaded])
     warnings = _unsafe_warnings(loaded, labels) if options.unsafe else []
+    combination = _check_members(loaded, labels, options)
+    plan, transforms = combination.plan, combination.transforms
     members = [
-        _member_report(m, lab, g, w)
-        for m, lab, g, w in zip(loaded, labels, given, normalized, strict=True)
+        _member_report(m, lab, g, w, t)
+        for m, lab, g, w, t in zip(loaded, labels, given, normalized, transforms, strict=True)
     ]
     models = [m.model for m in loaded]
-    plan = plan_inputs(models, labels, options.inputs)
-    provenance = _provenance(loaded, labels, given, normalized, options, plan.shared)
+    provenance = _provenance(loaded, labels, given, normalized, options, plan.shared,
+                             transforms)
 
     say("building the ensemble")
     merged = build_ensemble(
@@ -166,6 +256,8 @@ def merge_loaded(
         inputs=InputsMode.SHARED if plan.shared else InputsMode.SEPARATE,
         renormalize=options.renormalize,
         assume_nonnegative=options.assume_nonnegative,
+        allow_mixed_outputs=options.allow_mixed_outputs,
+        to_probabilities=options.to_probabilities,
         name=options.name,
         labels=labels,
         provenance=provenance,
@@ -184,6 +276,7 @@ def merge_loaded(
                 options.mode,
                 renormalize=options.renormalize,
                 shared_inputs=plan.shared,
+                transforms=transforms,
                 what=str(out),
             )
         )
@@ -193,7 +286,8 @@ def merge_loaded(
     return MergeReport(
         output=str(out),
         mode=options.mode.value,
-        formula=formula_text(labels, normalized, options.mode.value, options.renormalize),
+        formula=formula_text(labels, normalized, options.mode.value, options.renormalize,
+                             transforms),
         inputs="shared" if plan.shared else "separate",
         renormalize=options.renormalize,
         members=members,
@@ -226,8 +320,15 @@ def save_model(
     return publish(out, write, check=check, suffix=suffix)
 
 
-def _member_report(loaded: LoadedModel, label: str, given: float, weight: float) -> MemberReport:
+def _member_report(
+    loaded: LoadedModel,
+    label: str,
+    given: float,
+    weight: float,
+    appended: Sequence[str | None],
+) -> MemberReport:
     model = loaded.model
+    activations = last_activations(model)
     return MemberReport(
         file=label,
         name=model.name,
@@ -239,7 +340,9 @@ def _member_report(loaded: LoadedModel, label: str, given: float, weight: float)
         params=int(model.count_params()),
         weight_given=given,
         weight=weight,
-        last_activations=last_activations(model),
+        last_activations=activations,
+        output_kinds=[output_kind(a) for a in activations],
+        to_probabilities=list(appended) if any(appended) else [],
         keras_version=loaded.keras_version,
         migrations=list(loaded.migrations),
     )
@@ -252,8 +355,9 @@ def _provenance(
     normalized: Sequence[float],
     options: MergeOptions,
     shared: bool,
+    transforms: Sequence[Sequence[str | None]],
 ) -> dict[str, Any]:
-    provenance = {
+    provenance: dict[str, Any] = {
         "tool": f"fuse {__version__}",
         "mode": options.mode.value,
         "weights_given": list(given),
@@ -270,6 +374,14 @@ def _provenance(
             for m, label in zip(loaded, labels, strict=True)
         ],
     }
+    if options.mode is Mode.SUM and options.allow_mixed_outputs:
+        provenance["allow_mixed_outputs"] = True
+    # `--to-probabilities`: which members had softmax/sigmoid appended, head by head.
+    provenance["to_probabilities"] = [
+        {"member": i, "file": Path(label).name, "appended": list(added)}
+        for i, (label, added) in enumerate(zip(labels, transforms, strict=True))
+        if any(added)
+    ]
     for key, value in (options.extra_provenance or {}).items():
         provenance.setdefault(key, value)
     return provenance

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from fuse_cli.evaluation import EvaluationReport
     from fuse_cli.export import ExportReport
     from fuse_cli.inspection import InspectReport, ModelInfo
-    from fuse_cli.report import MergeReport
+    from fuse_cli.report import MergePlan, MergeReport
     from fuse_cli.search import Scores
     from fuse_cli.tuning import TuneReport
     from fuse_cli.verification import VerifyReport
@@ -68,6 +68,39 @@ def print_merge_report(report: MergeReport) -> None:
                           f"{escape(', '.join(m.migrations))}")
     _print_written(report)
     console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
+
+
+def print_merge_plan(plan: MergePlan) -> None:
+    """The human-readable dry-run plan on stdout: what would be merged, and where it would go."""
+    table = Table(title=f"dry run: members ({plan.mode}, {plan.inputs} inputs)",
+                  title_justify="left")
+    for column in ("file", "input shape", "output shape", "last activation", "params", "weight"):
+        table.add_column(column, justify="right" if column in ("params", "weight") else "left")
+    for m in plan.members:
+        weight = f"{m.weight:.4g}"
+        if abs(m.weight_given - m.weight) > 1e-12:
+            weight = f"{m.weight_given:g} → {weight}"
+        activations = ", ".join(a or "unknown" for a in m.last_activations)
+        if m.to_probabilities:
+            activations += " → " + ", ".join(a for a in m.to_probabilities if a)
+        table.add_row(escape(m.file), ", ".join(m.input_shapes), ", ".join(m.output_shapes),
+                      escape(activations), f"{m.params:,}", weight)
+    console.print(table)
+    for m in plan.members:
+        if m.migrations:
+            console.print(f"{escape(m.file)}: legacy file migrated by "
+                          f"{escape(', '.join(m.migrations))}")
+    inputs = "; ".join(", ".join(group) for group in plan.input_shapes)
+    console.print(f"inputs:   {plan.inputs}: {inputs}")
+    console.print(f"formula:  {escape(plan.formula)}")
+    replaces = " (replaces the existing file, --force)" if plan.replaces else ""
+    console.print(f"output:   {escape(plan.output)}{replaces}")
+    for item in plan.exports:
+        replaces = " (replaces the existing one, --force)" if item["replaces"] else ""
+        console.print(f"export:   {escape(str(item['path']))} ({item['format']}){replaces}")
+    check = "reload and compare with the formula" if plan.verify else "skipped (--no-verify)"
+    console.print(f"verify:   {check}")
+    console.print("dry run:  every check passed; nothing was written")
 
 
 def _print_written(report: MergeReport) -> None:
@@ -126,6 +159,13 @@ def _tensor_text(t: Any) -> str:
     return f"{escape(t.name)} {shape} {t.dtype}"
 
 
+def _member_activations(member: dict[str, Any]) -> str:
+    """An embedded member's last activations, with what `--to-probabilities` appended."""
+    added = member.get("to_probabilities") or [None] * len(member["last_activations"])
+    return ", ".join((a or "unknown") + (f" → {t}" if t else "")
+                     for a, t in zip(member["last_activations"], added, strict=False))
+
+
 def _print_model_info(info: ModelInfo) -> None:
     written = f", written by Keras {info.keras_version}" if info.keras_version else ""
     console.print(f"[bold]{escape(info.file)}[/] ({info.format}{written}): model "
@@ -134,8 +174,7 @@ def _print_model_info(info: ModelInfo) -> None:
     console.print(f"  outputs:    {'; '.join(_tensor_text(t) for t in info.outputs)}")
     activations = ", ".join(a or "unknown" for a in info.last_activations)
     if info.ensemble is not None:
-        members = "; ".join(", ".join(a or "unknown" for a in m["last_activations"])
-                            for m in info.ensemble.members)
+        members = "; ".join(_member_activations(m) for m in info.ensemble.members)
         activations = f"weighted {info.ensemble.mode} of the members' {members}"
     console.print(f"  activation: {escape(activations)}")
     console.print(f"  params:     {info.params:,}")

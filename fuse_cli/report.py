@@ -23,6 +23,11 @@ class MemberReport:
     weight_given: float
     weight: float
     last_activations: list[str | None] = field(default_factory=list)
+    # "probabilities", "raw scores" or "other", per output, from the last activation.
+    output_kinds: list[str] = field(default_factory=list)
+    # `--to-probabilities`: the activation appended per output (None: untouched);
+    # empty when nothing was appended to this member.
+    to_probabilities: list[str | None] = field(default_factory=list)
     keras_version: str | None = None
     migrations: list[str] = field(default_factory=list)
 
@@ -53,19 +58,65 @@ class MergeReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of every field."""
         data = asdict(self)
+        data["dry_run"] = False
         data["weights_given"] = [m.weight_given for m in self.members]
         data["weights"] = self.weights
         return data
 
 
-def formula_text(labels: list[str], weights: list[float], mode: str, renormalize: bool) -> str:
-    """The formula in words, e.g. `0.3 * a.keras + 0.7 * b.h5`."""
+@dataclass
+class MergePlan:
+    """What `fuse merge --dry-run` found: the merge that would run, and where it would write."""
+
+    output: str
+    replaces: bool
+    mode: str
+    formula: str
+    inputs: str
+    # The merged model's inputs: one group when shared, else one group per member.
+    input_shapes: list[list[str]]
+    output_shapes: list[str]
+    renormalize: bool
+    members: list[MemberReport]
+    verify: bool
+    # `--export`: {"format", "path", "replaces"} per artifact.
+    exports: list[dict[str, Any]]
+    elapsed_seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary of every field."""
+        data = asdict(self)
+        data["dry_run"] = True
+        data["weights_given"] = [m.weight_given for m in self.members]
+        data["weights"] = [m.weight for m in self.members]
+        return data
+
+
+def formula_text(
+    labels: list[str],
+    weights: list[float],
+    mode: str,
+    renormalize: bool,
+    transforms: Sequence[Sequence[str | None]] | None = None,
+) -> str:
+    """The formula in words, e.g. `0.3 * a.keras + 0.7 * softmax(b.h5)`."""
+    if transforms is not None:
+        labels = [_wrapped(label, added) for label, added in zip(labels, transforms, strict=True)]
     if mode == "sum":
         return " + ".join(f"{w:.6g} * {label}" for label, w in zip(labels, weights, strict=True))
     product = " * ".join(f"{label}^{w:.6g}" for label, w in zip(labels, weights, strict=True))
     if renormalize:
         return f"({product}) / sum over the last axis"
     return product
+
+
+def _wrapped(label: str, added: Sequence[str | None]) -> str:
+    """`softmax(b.h5)` for a member whose (single) output gets softmax appended."""
+    names = {a for a in added if a}
+    if not names:
+        return label
+    return f"{'/'.join(sorted(names))}({label})"
 
 
 def file_labels(paths: Sequence[Path]) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from fuse_cli.choices import Metric, Mode
 from fuse_cli.data import SPLIT_SEED, Dataset, check_inputs, read_data, split_rows
-from fuse_cli.ensemble import check_nonnegative, check_outputs, input_specs
+from fuse_cli.ensemble import check_combination, input_specs
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
     BATCH_SIZE,
@@ -46,7 +46,7 @@ from fuse_cli.search import (
     score,
     search_weights,
 )
-from fuse_cli.verification import reference
+from fuse_cli.verification import apply_activation, reference
 
 HOLDOUT = 0.3
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -81,6 +81,8 @@ class TuneOptions:
     batch_size: int = BATCH_SIZE
     renormalize: bool = False
     assume_nonnegative: bool = False
+    allow_mixed_outputs: bool = False
+    to_probabilities: bool = False
     name: str = "ensemble"
     force: bool = False
     verify: bool = True
@@ -186,6 +188,8 @@ def tune_files(
         mode=options.mode,
         renormalize=options.renormalize,
         assume_nonnegative=options.assume_nonnegative,
+        allow_mixed_outputs=options.allow_mixed_outputs,
+        to_probabilities=options.to_probabilities,
         name=options.name,
         force=options.force,
         verify=options.verify,
@@ -271,19 +275,24 @@ def _member_outputs(
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Check every member against the data, then run each once; outputs and labels."""
     models = [m.model for m in loaded]
-    heads = check_outputs(models, labels)
-    if options.mode is Mode.PRODUCT:
-        check_nonnegative(models, labels, assume=options.assume_nonnegative)
+    combination = check_combination(
+        models, labels, mode=options.mode, assume_nonnegative=options.assume_nonnegative,
+        allow_mixed_outputs=options.allow_mixed_outputs,
+        to_probabilities=options.to_probabilities,
+    )
+    heads = combination.heads
     output_shape(models[0], labels[0])
     for model, label in zip(models, labels, strict=True):
         check_inputs(data, input_specs(model), label)
     found = labels_for(data, heads[0].shape, labels[0])
 
     outputs: list[np.ndarray] = []
-    for model, label in zip(models, labels, strict=True):
+    for model, label, added in zip(models, labels, combination.transforms, strict=True):
         say(f"predicting with {label}")
         output = predict(model, data, label=label, batch_size=options.batch_size,
                          advance=advance)
+        # `--to-probabilities`: search on what the merged model will compute.
+        output = apply_activation(output.astype(np.float64), added[0]).astype(output.dtype)
         if outputs and output.shape != outputs[0].shape:
             raise IncompatibleModelsError(
                 f"{label}: outputs {output.shape} on {data.name}, but {labels[0]} outputs "

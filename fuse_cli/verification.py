@@ -23,6 +23,7 @@ from fuse_cli.errors import UsageError, VerificationError
 from fuse_cli.formats import check_keras, check_model_path, load_model, sha256_of
 from fuse_cli.inspection import (
     EnsembleInfo,
+    appended_activations,
     combining_layers,
     embedded_members,
     mode_of,
@@ -86,11 +87,23 @@ def reference(
     coefficients: Sequence[float],
     mode: Mode,
     renormalize: bool = False,
+    transforms: Sequence[Sequence[str | None]] | None = None,
 ) -> list[np.ndarray]:
-    """The formula of DESIGN §2 in numpy (float64), head by head."""
+    """The formula of DESIGN §2 in numpy (float64), head by head.
+
+    Args:
+        member_outputs: Each member's outputs, head by head.
+        coefficients: The normalized weights.
+        mode: Weighted sum or weighted product.
+        renormalize: Product mode: divide by the sum over the last axis.
+        transforms: Per member and head, `"softmax"` or `"sigmoid"` to apply to that
+            output first (`--to-probabilities`), or None.
+    """
     heads = []
     for head in range(len(member_outputs[0])):
         ys = [np.asarray(outs[head], dtype=np.float64) for outs in member_outputs]
+        if transforms is not None:
+            ys = [apply_activation(y, added[head]) for y, added in zip(ys, transforms, strict=True)]
         if mode is Mode.SUM:
             y = sum(c * y_i for c, y_i in zip(coefficients, ys, strict=True))
         else:
@@ -100,6 +113,18 @@ def reference(
                 y = y / np.maximum(y.sum(axis=-1, keepdims=True), _TINY)
         heads.append(np.asarray(y))
     return heads
+
+
+def apply_activation(y: np.ndarray, activation: str | None) -> np.ndarray:
+    """softmax over the last axis or sigmoid (what `--to-probabilities` appends), in numpy."""
+    if activation is None:
+        return y
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-y))
+    if activation == "softmax":
+        shifted = np.exp(y - y.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+    raise ValueError(f"no numpy reference for activation {activation!r}")
 
 
 def compare(
@@ -156,9 +181,13 @@ def check_formula(
     *,
     renormalize: bool = False,
     shared_inputs: bool,
+    transforms: Sequence[Sequence[str | None]] | None = None,
     what: str = "merged model",
 ) -> float:
     """Run a fixed-seed batch through `merged` and `members` and compare with the formula.
+
+    `transforms` are the activations `--to-probabilities` appended to members' outputs
+    (see `reference`); they are applied to the members' own outputs in numpy.
 
     Returns:
         The largest absolute difference from the numpy reference.
@@ -177,7 +206,7 @@ def check_formula(
             per_member.append(arrays)
             batch.extend(arrays)
     outputs = [run(m, x) for m, x in zip(members, per_member, strict=True)]
-    expected = reference(outputs, coefficients, mode, renormalize)
+    expected = reference(outputs, coefficients, mode, renormalize, transforms)
     return compare(run(merged, batch), expected, what)
 
 
@@ -261,6 +290,7 @@ def verify_file(
             f"file{'' if len(files) == 1 else 's'}"
         )
 
+    transforms = _check_appended(merged, layers, len(members))
     say(f"checking the formula of {merged}")
     error = check_formula(
         model,
@@ -269,6 +299,7 @@ def verify_file(
         Mode(info.mode),
         renormalize=info.renormalize,
         shared_inputs=info.inputs == "shared",
+        transforms=transforms,
         what=str(merged),
     )
     checks = [
@@ -333,6 +364,29 @@ def _check_structure(
             f"{len(members)}"
         )
     return info
+
+
+def _check_appended(path: Path, layers: list[Any], count: int) -> list[list[str | None]]:
+    """The activations `--to-probabilities` appended, read from the graph and checked
+    against the provenance's record of them."""
+    found = appended_activations(layers, count)
+    for i, added in enumerate(found):
+        if any(a is not None and a not in ("softmax", "sigmoid") for a in added):
+            raise VerificationError(
+                f"{path}: member {i} feeds the combining layer through a "
+                f"to_probabilities layer with an unexpected activation: {added}"
+            )
+    provenance = layers[0].provenance if isinstance(layers[0].provenance, dict) else {}
+    recorded = provenance.get("to_probabilities")
+    if isinstance(recorded, list):
+        said = {e.get("member"): e.get("appended") for e in recorded if isinstance(e, dict)}
+        graph = {i: added for i, added in enumerate(found) if any(added)}
+        if said != graph:
+            raise VerificationError(
+                f"{path}: the provenance records --to-probabilities on members "
+                f"{said}, but the graph appends {graph}"
+            )
+    return found
 
 
 def _same_numbers(a: Sequence[Any], b: Sequence[float]) -> bool:

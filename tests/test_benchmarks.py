@@ -55,7 +55,7 @@ def test_startup_is_measured(results: dict) -> None:
 def test_merge_against_plain_keras_is_measured(results: dict) -> None:
     merge = results["merge"]
     assert merge["members"] == 2
-    for name in ("fuse", "peer", "fuse_no_verify"):
+    for name in ("fuse", "peer", "fuse_no_verify", "peer_unchecked"):
         assert_series(merge[name], 1)
     for key in ("ratio_wall", "ratio_cpu", "ratio_rss", "ratio_wall_no_verify",
                 "ratio_rss_no_verify", "ratio_size"):
@@ -92,7 +92,11 @@ def test_scaling_is_measured(results: dict) -> None:
 
 def test_goals_and_machine_are_recorded(results: dict) -> None:
     goals = results["goals"]
-    assert len(goals) == 6
+    # --help, wall and RSS per scaling row, --no-verify, predict wall and CPU, file size
+    assert len(goals) == 5 + 2 * len(results["scaling"]["rows"])
+    names = [goal["goal"] for goal in goals]
+    assert "`fuse merge` / checking peer, 3 members, wall" in names
+    assert "`fuse merge --no-verify` / unchecked peer, wall" in names
     for goal in goals:
         assert math.isfinite(goal["value"]) and goal["limit"] > 0
         assert isinstance(goal["met"], bool)
