@@ -5,15 +5,21 @@ Imported by the tests (`from helpers import ...`) and by conftest's fixtures.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jsonschema  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fuse_cli.layers  # noqa: E402, F401  (registers the combining layers)
+from fuse_cli.schemas import load_schema  # noqa: E402
+
+JSON_VALIDATOR = jsonschema.Draft202012Validator(load_schema())
 
 
 def dense_classifier(
@@ -65,3 +71,11 @@ def predict(model: keras.Model, x: np.ndarray | list[np.ndarray]) -> list[np.nda
 def load(path: Path) -> keras.Model:
     """Load a model file as a user would, in safe mode."""
     return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
+def validated(text: str) -> dict[str, Any]:
+    """Parse one `--json` object and check it against the shipped schema (`fuse/1`)."""
+    data = json.loads(text)
+    JSON_VALIDATOR.validate(data)
+    assert data["schema"] == "fuse/1"
+    return data  # type: ignore[no-any-return]

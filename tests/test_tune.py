@@ -3,13 +3,12 @@ force, a useless member, the written file, and one test per exit code."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from helpers import load, predict
+from helpers import load, predict, validated
 from typer.testing import CliRunner
 
 from fuse_cli.cli import app
@@ -68,7 +67,7 @@ def run(runner: CliRunner, *args: str | Path, ok: bool = False):  # noqa: ANN201
 
 
 def tune_json(runner: CliRunner, *args: str | Path) -> dict:
-    return json.loads(run(runner, "tune", *args, "--json", ok=True).stdout)
+    return validated(run(runner, "tune", *args, "--json", ok=True).stdout)
 
 
 def numpy_scores(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -183,7 +182,7 @@ def test_evaluate_matches_numpy(
     for data in (trio["val"], trio["val_onehot"]):
         result = run(runner, "evaluate", trio["strong"], trio["untrained"], merged,
                      "--data", data, "--json", ok=True)
-        report = json.loads(result.stdout)
+        report = validated(result.stdout)
         assert report["rows"] == 400
         p_strong = predict(load(trio["strong"]), x)[0]
         p_untrained = predict(load(trio["untrained"]), x)[0]
@@ -203,7 +202,7 @@ def test_evaluate_has_no_log_loss_for_non_probabilities(
     data = tmp_path / "d.npz"
     np.savez(data, x=rng.random((20, 5), dtype=np.float32), y=rng.integers(0, 10, 20))
     result = run(runner, "evaluate", zoo["linear.keras"], "--data", data, "--json", ok=True)
-    assert json.loads(result.stdout)["models"][0]["log_loss"] is None
+    assert validated(result.stdout)["models"][0]["log_loss"] is None
     assert "linear.keras: outputs are not probabilities" in result.stderr
 
 
@@ -216,7 +215,7 @@ def test_evaluate_sigmoid_column_matches_numpy(runner: CliRunner, tmp_path: Path
     np.savez(tmp_path / "d.npz", x=x, y=(y == 1).astype(np.float32)[:, None])
     result = run(runner, "evaluate", tmp_path / "binary.keras", "--data", tmp_path / "d.npz",
                  "--json", ok=True)
-    found = json.loads(result.stdout)["models"][0]
+    found = validated(result.stdout)["models"][0]
     p = predict(model, x)[0][:, 0].astype(np.float64)
     truth = y == 1
     assert found["accuracy"] == pytest.approx(np.mean((p > 0.5) == truth), abs=1e-12)
@@ -303,7 +302,7 @@ def test_tune_writes_a_verified_model_recording_the_tuning(
 
     inspected = run(runner, "inspect", out, ok=True)
     assert "tuned:      grid on log_loss, data val.npz" in inspected.stdout
-    shown = json.loads(run(runner, "inspect", out, "--json", ok=True).stdout)
+    shown = validated(run(runner, "inspect", out, "--json", ok=True).stdout)
     assert shown["models"][0]["ensemble"]["tuning"] == tuning
 
 
@@ -401,12 +400,13 @@ def test_exit_2_log_loss_needs_probabilities(
     rng = np.random.default_rng(0)
     data = bad_npz(tmp_path, x=rng.random((20, 5), dtype=np.float32), y=rng.integers(0, 10, 20))
     result = run(runner, "tune", zoo["a.keras"], zoo["linear.keras"], "--data", data,
-                 "-o", tmp_path / "e.keras")
+                 "--allow-mixed-outputs", "-o", tmp_path / "e.keras")
     assert result.exit_code == 2
     assert "linear.keras: --metric log_loss needs probabilities" in result.stderr
     assert "use --metric accuracy" in result.stderr
     accuracy = run(runner, "tune", zoo["a.keras"], zoo["linear.keras"], "--data", data,
-                   "--metric", "accuracy", "-o", tmp_path / "e.keras", ok=True)
+                   "--allow-mixed-outputs", "--metric", "accuracy", "-o", tmp_path / "e.keras",
+                   ok=True)
     assert "n/a" in accuracy.stdout
 
 
@@ -450,5 +450,5 @@ def test_exit_5_output_is_checked_before_the_data(
                  "-o", out, "--json")
     assert result.exit_code == 5
     assert "e.keras: already exists; pass --force to replace it" in result.stderr
-    assert json.loads(result.stdout)["exit_code"] == 5
+    assert validated(result.stdout)["exit_code"] == 5
     assert out.read_bytes() == b"old"

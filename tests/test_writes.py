@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import resource
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from helpers import load, predict
+from helpers import load, predict, validated
 
 CHILD = textwrap.dedent(
     """
@@ -75,7 +74,7 @@ def test_two_merges_racing_to_one_output(zoo: dict[str, Path], tmp_path: Path) -
     for child in children:
         stdout, stderr = child.communicate(timeout=300)
         assert child.returncode == 0, stderr
-        assert json.loads(stdout)["ok"] is True
+        assert validated(stdout)["ok"] is True
     merged = load(out)
     weight = merged.get_layer("combine").get_config()["coefficients"][0]
     assert weight in (0.2, 0.8)
