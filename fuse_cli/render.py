@@ -74,7 +74,7 @@ def print_merge_plan(plan: MergePlan) -> None:
     """The human-readable dry-run plan on stdout: what would be merged, and where it would go."""
     table = Table(title=f"dry run: members ({plan.mode}, {plan.inputs} inputs)",
                   title_justify="left")
-    for column in ("file", "input shape", "output shape", "last activation", "params", "weight"):
+    for column in ("file", "input shape", "output shape", "activation", "params", "weight"):
         table.add_column(column, justify="right" if column in ("params", "weight") else "left")
     for m in plan.members:
         weight = f"{m.weight:.4g}"

@@ -1,0 +1,62 @@
+"""The README's CI recipe, extracted from the README and run as written, so it cannot rot.
+
+One subprocess test (three `fuse` processes): the recipe runs in a temporary folder
+holding a copy of the bundled sample models, with this interpreter's `fuse` first
+on PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from helpers import JSON_VALIDATOR, load, predict
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ci_recipe() -> str:
+    """The first shell block under the README's `## In CI` heading, exactly as written."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"^## In CI\n(.*?)(?=^## )", readme, re.S | re.M)
+    assert section, "README.md has no '## In CI' section"
+    block = re.search(r"^```sh\n(.*?)^```", section.group(1), re.S | re.M)
+    assert block, "the '## In CI' section has no ```sh block"
+    return block.group(1)
+
+
+def test_the_readme_ci_recipe_runs(tmp_path: Path) -> None:
+    recipe = ci_recipe()
+    for step in ("--dry-run --json", "--json > merge.json", "fuse export", "status=$?"):
+        assert step in recipe
+    shutil.copytree(REPO / "sample_models", tmp_path / "sample_models")
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+               TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(["bash", "-c", recipe], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+
+    reports = {}
+    for name in ("plan", "merge", "export"):
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        JSON_VALIDATOR.validate(reports[name])
+    assert reports["plan"]["dry_run"] is True and reports["merge"]["dry_run"] is False
+    assert reports["merge"]["formula"] == "0.5 * cnn_a.keras + 0.5 * cnn_b.h5"
+    assert reports["merge"]["max_abs_error"] < 1e-5
+    assert reports["export"]["exports"][0]["verified"] is True
+    assert (tmp_path / "ensemble_saved_model" / "saved_model.pb").is_file()
+    assert "0.5 * cnn_a.keras + 0.5 * cnn_b.h5 | verified:" in proc.stdout
+
+    # The merged file computes the formula on the held-out digits (checked here, not by fuse).
+    x = np.load(tmp_path / "sample_models" / "digits_heldout.npz")["x"][:32]
+    members = [predict(load(tmp_path / "sample_models" / f), x)[0]
+               for f in ("cnn_a.keras", "cnn_b.h5")]
+    np.testing.assert_allclose(predict(load(tmp_path / "ensemble.keras"), x)[0],
+                               0.5 * members[0] + 0.5 * members[1], rtol=1e-5, atol=1e-6)
