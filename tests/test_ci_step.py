@@ -340,3 +340,19 @@ def test_keras_sees_no_fuse_layer_for_to_probabilities(
     merge_files([zoo["linear.keras"], zoo["a.keras"]], out, MergeOptions(to_probabilities=True))
     layer = load(out).get_layer("to_probabilities_0")
     assert isinstance(layer, keras.layers.Activation)
+
+
+def test_to_probabilities_lets_raw_members_into_product_mode(
+    runner: CliRunner, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    """A raw-score member fails product mode's sign check; with softmax appended it passes."""
+    out = tmp_path / "x.keras"
+    refused = fuse(runner, "merge", zoo["a.keras"], zoo["linear.keras"], "-m", "product",
+                   "-o", out)
+    assert refused.exit_code == 4 and "product mode needs outputs >= 0" in refused.stderr
+    fuse(runner, "merge", zoo["a.keras"], zoo["linear.keras"], "-m", "product",
+         "--to-probabilities", "-o", out, ok=True)
+    x = np.random.default_rng(7).random((5, 5), dtype=np.float32)
+    a, lin = predict(load(zoo["a.keras"]), x)[0], predict(load(zoo["linear.keras"]), x)[0]
+    expected = a.astype(np.float64) ** 0.5 * numpy_softmax(lin) ** 0.5
+    np.testing.assert_allclose(predict(load(out), x)[0], expected, rtol=1e-5, atol=1e-6)
