@@ -8,7 +8,7 @@ installed `fuse` on each case in its own process, with its own TMPDIR. The paren
 polls the child's resident memory (/proc) and its temp folder, and kills it past
 `--rss-limit-mib` (default 3072: the machine is shared) or `--timeout` seconds, so a
 bomb never takes the machine down; a killed run is reported as "killed at". Peak
-memory is the child's own `ru_maxrss` (os.wait4). Exit code, the first stderr line,
+memory is the child's own high-water mark (VmHWM, polled every 20 ms). Exit code, the first stderr line,
 and whether the case's damage happened (payload ran, input replaced) are recorded.
 """
 
@@ -52,11 +52,11 @@ def fuse_binary() -> str:
     return str(here) if here.exists() else "fuse"
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -83,6 +83,7 @@ def run_case(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
     peak_tmp = 0.0
+    peak = 0.0
     killed = None
     status = None
     usage = None
@@ -93,6 +94,9 @@ def run_case(
             break
         polls += 1
         rss = rss_mib(proc.pid)
+        # VmHWM: the high-water mark of this process image (ru_maxrss would include the
+        # parent's memory at fork time, before exec)
+        peak = max(peak, rss_mib(proc.pid, "VmHWM"))
         if polls % 5 == 0:
             peak_tmp = max(peak_tmp, tree_mib(tmp))
         elapsed = time.perf_counter() - start
@@ -108,9 +112,7 @@ def run_case(
     proc.stdout and proc.stdout.close()
     proc.stderr and proc.stderr.close()
     shutil.rmtree(tmp, ignore_errors=True)
-    # ru_maxrss is in KiB on Linux; for `shell=True` it is the shell's child's, via the
-    # shell (bash waits for it, so the peak is the largest of the group that was waited)
-    peak = usage.ru_maxrss / 1024 if usage else 0.0
+    del usage
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     return Result(
         name=name, command=" ".join(str(a) for a in argv), exit_code=None if killed else

@@ -25,7 +25,7 @@ from fuse_cli.export import artifact_path, export_file, plan_exports
 from fuse_cli.files import check_output, publish
 from fuse_cli.formats import LoadedModel, cache_keras_skipsets, load_model, load_models
 from fuse_cli.report import MemberReport, MergeReport, file_labels, formula_text
-from fuse_cli.verification import check_formula
+from fuse_cli.verification import check_formula, sample_bytes
 
 if TYPE_CHECKING:
     import keras
@@ -156,6 +156,9 @@ def merge_loaded(
     ]
     models = [m.model for m in loaded]
     plan = plan_inputs(models, labels, options.inputs)
+    if options.verify:  # the check batch must be numeric and bounded: say so before building
+        for m in loaded:
+            sample_bytes(input_specs(m.model), str(m.path))
     provenance = _provenance(loaded, labels, given, normalized, options, plan.shared)
 
     say("building the ensemble")

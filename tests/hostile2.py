@@ -25,6 +25,16 @@ from hostile import archive_config, good_keras, rewrite_archive
 MiB = 1024**2
 
 
+def sprinkled(size: int, every: int = 1024, seed: int = 0) -> bytes:
+    """`size` zero bytes with one random byte every `every`: deflates about 300 to 1.
+
+    Below the 1000-to-1 ratio that marks a zip bomb, so only the totals can refuse it.
+    """
+    data = np.zeros(size, dtype=np.uint8)
+    data[::every] = np.random.default_rng(seed).integers(0, 256, len(data[::every]))
+    return data.tobytes()
+
+
 # --- 1. time: paths that multiply ---------------------------------------------
 
 
@@ -119,12 +129,13 @@ def ghost_dataset_h5(folder: Path, megabytes: int = 128, repeats: int = 8) -> Pa
 def npz_bools_keras(folder: Path, count: int = 128 * MiB) -> Path:
     """A `.keras` carrying `model.weights.npz` (a format Keras reads) of `count` booleans.
 
-    Deflated, `count` zero bytes store in about count/1000 bytes; Keras turns each
+    Deflated, the mostly-false array stores in about count/300 bytes; Keras turns each
     array it reads into a Python list (`tolist()`): 8 bytes or more per element.
     """
     base = good_keras(folder, "base.keras")
     buffer = io.BytesIO()
-    np.savez(buffer, **{"layers/dense/vars": np.zeros(count, dtype=bool)})
+    bools = np.frombuffer(sprinkled(count), dtype=np.uint8).astype(bool)
+    np.savez(buffer, **{"layers/dense/vars": bools})
     target = folder / "npz_bools.keras"
     with zipfile.ZipFile(base) as src, zipfile.ZipFile(target, "w") as dst:
         for info in src.infolist():
@@ -171,13 +182,13 @@ def padded_config_keras(folder: Path, megabytes: int = 57) -> Path:
 
 
 def zero_assets_keras(folder: Path, count: int = 6, megabytes: int = 250) -> Path:
-    """A `.keras` carrying `count` assets of `megabytes` MiB of zeros each, deflated.
+    """A `.keras` carrying `count` assets of `megabytes` MiB of mostly zeros, deflated.
 
     Keras extracts assets to a temporary folder before it builds the model.
     """
     base = good_keras(folder, "base.keras")
     target = folder / "assets.keras"
-    block = bytes(MiB)
+    block = sprinkled(MiB)
     with zipfile.ZipFile(base) as src, zipfile.ZipFile(target, "w") as dst:
         for info in src.infolist():
             dst.writestr(info, src.read(info.filename))

@@ -20,7 +20,13 @@ from fuse_cli.errors import FuseError, ModelLoadError, first_line
 from fuse_cli.formats import _keras_private
 from fuse_cli.formats.failures import describe_load_failure, is_unsafe_refusal
 from fuse_cli.formats.legacy_rules import Config, migrate_config, misread_silently
-from fuse_cli.formats.screening import attr_text, check_config, check_hdf5
+from fuse_cli.formats.screening import (
+    attr_text,
+    check_config,
+    check_hdf5,
+    file_size,
+    parse_config,
+)
 
 if TYPE_CHECKING:
     import h5py
@@ -46,13 +52,11 @@ def load_hdf5(
         raise ModelLoadError(f"{path}: corrupt HDF5 file: {first_line(exc)}") from None
     with h5:
         try:
-            check_hdf5(h5, path)
-            config = json.loads(attr_text(h5.attrs["model_config"]) or "")
+            check_hdf5(h5, path, stored=file_size(f))
+            config = parse_config(attr_text(h5.attrs["model_config"]) or "", path, "model_config")
             version = attr_text(h5.attrs.get("keras_version"))
         except ModelLoadError:
             raise
-        except ValueError:
-            raise ModelLoadError(f"{path}: model_config is not valid JSON") from None
         except Exception as exc:  # h5py raises OSError, KeyError, ... on corrupt structures
             raise ModelLoadError(f"{path}: corrupt HDF5 file: {first_line(exc)}") from None
         if not isinstance(config, dict):
