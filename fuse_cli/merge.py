@@ -22,7 +22,7 @@ from fuse_cli.ensemble import (
 )
 from fuse_cli.errors import UsageError
 from fuse_cli.export import artifact_path, export_file, plan_exports
-from fuse_cli.files import check_output, publish
+from fuse_cli.files import check_output, check_writes, publish
 from fuse_cli.formats import LoadedModel, cache_keras_skipsets, load_model, load_models
 from fuse_cli.report import MemberReport, MergeReport, file_labels, formula_text
 from fuse_cli.verification import check_formula, sample_bytes
@@ -106,6 +106,7 @@ def merge_files(
     check_options(len(files), options)
     check_output(out, files, force=options.force)
     requests = [(fmt, artifact_path(out, fmt)) for fmt in dict.fromkeys(options.exports)]
+    check_writes([("-o", out), *((f"--export {fmt.value}", p) for fmt, p in requests)], files)
     plan_exports(out, requests, force=options.force, verify=options.verify)
     loaded = load_models(files, unsafe=options.unsafe, progress=say)
     report = merge_loaded(loaded, out, options, progress=progress, start=start)

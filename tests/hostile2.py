@@ -99,8 +99,8 @@ def ladder_keras(folder: Path, depth: int = 40) -> Path:
 def wide_dense_keras(folder: Path, units: int = 2**25) -> Path:
     """A `.keras` whose config gives its hidden Dense `units` units; the weights stay tiny.
 
-    Keras allocates the kernel (5 x units) and the next layer's (units x 10) before it
-    finds that the stored weights do not fit: 60 x units float32 bytes.
+    Keras allocates the Dense kernel (5 x units float32: 640 MiB for 2^25, plus the
+    initializer's temporaries) before it finds that the next layer cannot take it.
     """
     base = good_keras(folder, "base.keras")
     config = archive_config(base)
@@ -133,9 +133,10 @@ def npz_bools_keras(folder: Path, count: int = 128 * MiB) -> Path:
     array it reads into a Python list (`tolist()`): 8 bytes or more per element.
     """
     base = good_keras(folder, "base.keras")
+    layer = archive_config(base)["config"]["layers"][1]["config"]["name"]
     buffer = io.BytesIO()
     bools = np.frombuffer(sprinkled(count), dtype=np.uint8).astype(bool)
-    np.savez(buffer, **{"layers/dense/vars": bools})
+    np.savez(buffer, **{f"layers/{layer}/vars": bools})
     target = folder / "npz_bools.keras"
     with zipfile.ZipFile(base) as src, zipfile.ZipFile(target, "w") as dst:
         for info in src.infolist():
@@ -168,7 +169,8 @@ def padded_config_keras(folder: Path, megabytes: int = 57) -> Path:
     """
     base = good_keras(folder, "base.keras")
     config = archive_config(base)
-    config["padding"] = [0] * (megabytes * 10**6 // 2)
+    digits = np.frombuffer(sprinkled(megabytes * 10**6 // 2, every=64), dtype=np.uint8) % 10
+    config["padding"] = digits.tolist()
     target = folder / "padded.keras"
     with zipfile.ZipFile(base) as src, zipfile.ZipFile(target, "w") as dst:
         for info in src.infolist():
