@@ -126,8 +126,10 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build_cases(folder: Path) -> list[tuple[str, list[str], Path, Callable[[], str | None]]]:
-    """Every case: name, argv, working folder, and a check returning the damage seen."""
+def build_cases(
+    folder: Path, wanted: Callable[[str], bool]
+) -> list[tuple[str, list[str], Path, Callable[[], str | None]]]:
+    """Every wanted case: name, argv, working folder, and a check returning the damage seen."""
     import hostile2 as h
     from conftest import dense_classifier
 
@@ -136,32 +138,36 @@ def build_cases(folder: Path) -> list[tuple[str, list[str], Path, Callable[[], s
     good = h.good_keras(folder, "good.keras")
     cases: list[tuple[str, list[str], Path, Callable[[], str | None]]] = []
 
-    def inspect(name: str, path: Path) -> None:
-        cases.append((name, [fuse, "inspect", str(path)], folder, nothing))
+    def inspect(name: str, build: Callable[[Path], Path]) -> None:
+        if wanted(name):
+            cases.append((name, [fuse, "inspect", str(build(folder))], folder, nothing))
 
-    def merge(name: str, path: Path) -> None:
-        out = folder / f"out_{name}.keras"
-        cases.append((name, [fuse, "merge", str(path), str(path), "-o", str(out), "--force"],
-                      folder, nothing))
+    def merge(name: str, build: Callable[[Path], Path]) -> None:
+        if wanted(name):
+            out, path = folder / f"out_{name}.keras", build(folder)
+            cases.append((name, [fuse, "merge", str(path), str(path), "-o", str(out),
+                                 "--force"], folder, nothing))
 
-    inspect("1_ladder_h5", h.ladder_h5(folder))
-    inspect("1_ladder_keras", h.ladder_keras(folder))
-    inspect("1_cycle_h5", h.cycle_h5(folder))
-    inspect("2_wide_dense_keras", h.wide_dense_keras(folder))
-    inspect("2_ghost_dataset_h5", h.ghost_dataset_h5(folder))
-    inspect("2_npz_bools_keras", h.npz_bools_keras(folder))
-    merge("2_long_input_2^27", h.long_input_keras(folder))
-    inspect("2_padded_config_57MB", h.padded_config_keras(folder))
-    inspect("2_zero_assets_6x250MiB", h.zero_assets_keras(folder))
-    inspect("3_deep_config_100k", h.deep_config_keras(folder))
-    inspect("3_deep_layer_config_5k", h.deep_layer_config_keras(folder))
-    merge("3_huge_input_1e12", h.huge_input_keras(folder))
-    merge("3_string_input", h.string_input_keras(folder))
-    cases.append(("3_lying_npz_1e12", [fuse, "evaluate", str(good), "--data",
-                                      str(h.lying_npz(folder))], folder, nothing))
-    cases.extend(provenance_cases(folder, fuse, good))
-    cases.extend(overwrite_cases(folder, fuse, dense_classifier))
-    cases.append(injection_case(folder, fuse))
+    inspect("1_ladder_h5", h.ladder_h5)
+    inspect("1_ladder_keras", h.ladder_keras)
+    inspect("1_cycle_h5", h.cycle_h5)
+    inspect("2_wide_dense_keras", h.wide_dense_keras)
+    inspect("2_ghost_dataset_h5", h.ghost_dataset_h5)
+    inspect("2_npz_bools_keras", h.npz_bools_keras)
+    merge("2_long_input_2^27", h.long_input_keras)
+    inspect("2_padded_config_57MB", h.padded_config_keras)
+    inspect("2_zero_assets_6x250MiB", h.zero_assets_keras)
+    inspect("3_deep_config_100k", h.deep_config_keras)
+    inspect("3_deep_layer_config_900", h.deep_layer_config_keras)
+    merge("3_huge_input_1e12", h.huge_input_keras)
+    merge("3_string_input", h.string_input_keras)
+    if wanted("3_lying_npz_1e12"):
+        cases.append(("3_lying_npz_1e12", [fuse, "evaluate", str(good), "--data",
+                                          str(h.lying_npz(folder))], folder, nothing))
+    cases.extend(c for c in provenance_cases(folder, fuse, good) if wanted(c[0]))
+    cases.extend(c for c in overwrite_cases(folder, fuse, dense_classifier) if wanted(c[0]))
+    if wanted("6_option_injection"):
+        cases.append(injection_case(folder, fuse))
     return cases
 
 
@@ -189,44 +195,52 @@ def provenance_cases(folder: Path, fuse: str, good: Path) -> list:
 
 
 def overwrite_cases(folder: Path, fuse: str, dense_classifier: Callable) -> list:
+    """The overwrite cases, each in its own copy of one working folder."""
     import numpy as np
 
-    work = folder / "overwrite"
-    work.mkdir()
-    dense_classifier(5, seed=41, name="a").save(work / "b.keras")
+    template = folder / "overwrite"
+    template.mkdir(exist_ok=True)
+    dense_classifier(5, seed=41, name="a").save(template / "b.keras")
     for seed, name in ((42, "ens.tflite"), (43, "a.png")):  # models, by content
-        dense_classifier(5, seed=seed, name=f"m{seed}").save(work / "tmp.keras")
-        (work / "tmp.keras").rename(work / name)
-    np.savez(work / "data.keras", x=np.random.default_rng(0).random((40, 5), dtype=np.float32),
-             y=np.arange(40) % 10)
-    os.symlink("b.keras", work / "link.keras")
-    os.link(work / "b.keras", work / "hard.h5")
-    before = {p.name: sha(p) for p in work.iterdir() if p.is_file() and not p.is_symlink()}
+        dense_classifier(5, seed=seed, name=f"m{seed}").save(template / "tmp.keras")
+        (template / "tmp.keras").rename(template / name)
+    with open(template / "data.keras", "wb") as f:  # np.savez would append .npz to a name
+        np.savez(f, x=np.random.default_rng(0).random((40, 5), dtype=np.float32),
+                 y=np.arange(40) % 10)
+    commands = {
+        "5_export_over_input": ["merge", "ens.tflite", "b.keras", "-o", "ens.keras",
+                                "--export", "litert", "--force"],
+        "5_tune_over_data_and_model": ["tune", "a.png", "b.keras", "--data", "data.keras",
+                                       "-o", "data.keras", "--plot", "a.png", "--force"],
+        "5_output_via_symlink": ["merge", "a.png", "b.keras", "-o", "link.keras", "--force"],
+        "5_plot_via_hard_link": ["tune", "a.png", "b.keras", "--data", "data.keras", "-o",
+                                 "t.keras", "--plot", "hard.png", "--force"],
+    }
+    cases = []
+    for name, argv in commands.items():
+        work = folder / name
+        shutil.copytree(template, work, dirs_exist_ok=True)
+        os.symlink("b.keras", work / "link.keras")
+        os.link(work / "b.keras", work / "hard.png")
+        before = {p.name: sha(p) for p in work.iterdir() if p.is_file() and not p.is_symlink()}
+        cases.append((name, [fuse, *argv], work, _changed(work, before)))
+    return cases
 
+
+def _changed(work: Path, before: dict[str, str]) -> Callable[[], str | None]:
     def changed() -> str | None:
         now = {p.name: sha(p) for p in work.iterdir() if p.name in before}
         names = sorted(n for n in before if now.get(n) != before[n])
         return f"replaced inputs: {', '.join(names)}" if names else None
 
-    return [
-        ("5_export_over_input", [fuse, "merge", "ens.tflite", "b.keras", "-o", "ens.keras",
-                                 "--export", "litert", "--force"], work, changed),
-        ("5_tune_over_data_and_model", [fuse, "tune", "a.png", "b.keras", "--data",
-                                        "data.keras", "-o", "data.keras", "--plot", "a.png",
-                                        "--force"], work, changed),
-        ("5_output_via_symlink", [fuse, "merge", "a.png", "b.keras", "-o", "link.keras",
-                                  "--force"], work, changed),
-        ("5_plot_via_hard_link", [fuse, "tune", "a.png", "b.keras", "--data", "data.keras",
-                                  "-o", "t.keras", "--plot", "hard.h5", "--force"], work,
-         changed),
-    ]
+    return changed
 
 
 def injection_case(folder: Path, fuse: str) -> tuple:
     import hostile
 
     work = folder / "injection"
-    work.mkdir()
+    work.mkdir(exist_ok=True)
     marker = folder / "PWNED"
     hostile.good_keras(work, "a.keras")
     hostile.lambda_keras(work, marker)
@@ -251,9 +265,10 @@ def main() -> None:
     corpus = folder / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     results = []
-    for name, argv, cwd, damage in build_cases(corpus):
-        if args.only and not any(part in name for part in args.only):
-            continue
+    def wanted(name: str) -> bool:
+        return not args.only or any(part in name for part in args.only)
+
+    for name, argv, cwd, damage in build_cases(corpus, wanted):
         shell = "*" in argv
         result = run_case(name, argv, cwd, args.rss_limit_mib, args.timeout, shell=shell)
         result.damage = damage()

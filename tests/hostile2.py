@@ -133,10 +133,10 @@ def npz_bools_keras(folder: Path, count: int = 128 * MiB) -> Path:
     array it reads into a Python list (`tolist()`): 8 bytes or more per element.
     """
     base = good_keras(folder, "base.keras")
-    layer = archive_config(base)["config"]["layers"][1]["config"]["name"]
     buffer = io.BytesIO()
     bools = np.frombuffer(sprinkled(count), dtype=np.uint8).astype(bool)
-    np.savez(buffer, **{f"layers/{layer}/vars": bools})
+    # saving_lib asks the store for each layer's path (`layers/dense`: named by class)
+    np.savez(buffer, **{"layers/dense": bools})
     target = folder / "npz_bools.keras"
     with zipfile.ZipFile(base) as src, zipfile.ZipFile(target, "w") as dst:
         for info in src.infolist():
