@@ -284,7 +284,7 @@ def reference_outputs(model: keras.Model, *, what: str) -> tuple[list[Any], list
     Raises:
         VerificationError: The Keras model itself yields NaN or inf.
     """
-    batch = sample_batch(input_specs(model), what=what)
+    batch = sample_batch(input_specs(model), what=what, model=model)
     expected = run(model, batch)
     if not all(np.all(np.isfinite(e)) for e in expected):
         raise VerificationError(f"{what}: the Keras model yields NaN or inf on the check batch")

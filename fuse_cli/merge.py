@@ -25,7 +25,7 @@ from fuse_cli.export import artifact_path, export_file, plan_exports
 from fuse_cli.files import check_output, check_writes, publish
 from fuse_cli.formats import LoadedModel, cache_keras_skipsets, load_model, load_models
 from fuse_cli.report import MemberReport, MergeReport, file_labels, formula_text
-from fuse_cli.verification import check_formula, sample_bytes
+from fuse_cli.verification import batch_size, check_formula
 
 if TYPE_CHECKING:
     import keras
@@ -159,7 +159,7 @@ def merge_loaded(
     plan = plan_inputs(models, labels, options.inputs)
     if options.verify:  # the check batch must be numeric and bounded: say so before building
         for m in loaded:
-            sample_bytes(input_specs(m.model), str(m.path))
+            batch_size(input_specs(m.model), str(m.path), m.model)
     provenance = _provenance(loaded, labels, given, normalized, options, plan.shared)
 
     say("building the ensemble")

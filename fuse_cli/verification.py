@@ -26,6 +26,7 @@ from fuse_cli.errors import (
     VerificationError,
 )
 from fuse_cli.formats import check_keras, check_model_path, load_model, sha256_of
+from fuse_cli.formats._keras_private import node_outputs
 from fuse_cli.formats.screening import size_text
 from fuse_cli.inspection import (
     EnsembleInfo,
@@ -54,6 +55,9 @@ MAX_BATCH_VALUES = 1 << 17
 # One sample of the check batch's inputs may take at most this much (a file costs what
 # it stores: a 13 KB model may not declare an input of 2^27 values, 512 MiB a sample).
 MAX_SAMPLE_BYTES = 64 * 1024**2
+# What the check batch may hold at once: its inputs and every layer's outputs (an eager
+# call keeps them until it returns). The batch shrinks to fit, down to one sample.
+MAX_ACTIVATION_BYTES = 1024**3
 _TINY = np.float32(1.1754944e-38)
 
 
@@ -94,16 +98,50 @@ def _numpy_dtype(name: str) -> np.dtype | None:
     return dtype if numeric and not np.issubdtype(dtype, np.complexfloating) else None
 
 
-def batch_size(specs: Sequence[TensorSpec], what: str = "the model") -> int:
-    """`BATCH`, or fewer samples when one sample holds more than `MAX_BATCH_VALUES` values.
+def batch_size(
+    specs: Sequence[TensorSpec], what: str = "the model", model: keras.Model | None = None
+) -> int:
+    """`BATCH`, or fewer samples when one sample holds more than `MAX_BATCH_VALUES` values,
+    or when the batch's activations through `model` would pass `MAX_ACTIVATION_BYTES`.
 
     Raises:
         IncompatibleModelsError: A non-numeric input (see `sample_bytes`).
-        ModelLoadError: A sample too large to check (see `sample_bytes`).
+        ModelLoadError: A sample too large to check (see `sample_bytes`), or whose
+            activations through `model` pass `MAX_ACTIVATION_BYTES`.
     """
-    sample_bytes(specs, what)
+    per_sample = sample_bytes(specs, what)
+    if model is not None:
+        per_sample += activation_bytes(model)
+        if per_sample > MAX_ACTIVATION_BYTES:
+            raise ModelLoadError(
+                f"{what}: its layers' outputs take {size_text(per_sample)} a sample on the "
+                f"check batch: too large to check (limit {size_text(MAX_ACTIVATION_BYTES)}; "
+                "--no-verify skips the check)"
+            )
     values = sum(math.prod(FREE_DIM if d is None else d for d in spec.shape) for spec in specs)
-    return max(1, min(BATCH, MAX_BATCH_VALUES // max(1, values)))
+    fits = MAX_ACTIVATION_BYTES // max(1, per_sample)
+    return max(1, min(BATCH, MAX_BATCH_VALUES // max(1, values), fits))
+
+
+def activation_bytes(model: keras.Model) -> int:
+    """The bytes one sample's outputs of every layer of `model` take (nested models too,
+    once per call); `None` dims count as `FREE_DIM`, as in the check batch."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        calls = node_outputs(layer)
+        total += sum(_tensor_bytes(t) for outputs in calls for t in outputs)
+        if isinstance(layer, keras.Model):
+            total += max(1, len(calls)) * activation_bytes(layer)
+    return total
+
+
+def _tensor_bytes(tensor: Any) -> int:
+    shape = tuple(getattr(tensor, "shape", ()) or ())[1:]
+    dtype = _numpy_dtype(str(getattr(tensor, "dtype", "float32")))
+    itemsize = dtype.itemsize if dtype is not None else 4
+    return math.prod(FREE_DIM if d is None else int(d) for d in shape) * itemsize
 
 
 def sample_batch(
@@ -112,6 +150,7 @@ def sample_batch(
     batch: int | None = None,
     seed: int = SEED,
     what: str = "the model",
+    model: keras.Model | None = None,
 ) -> list[Any]:
     """A fixed-seed batch for the given input specs (`batch_size(specs)` samples by default).
 
@@ -123,7 +162,7 @@ def sample_batch(
         ModelLoadError: A sample too large to check (see `sample_bytes`).
     """
     sample_bytes(specs, what)
-    batch = batch_size(specs, what) if batch is None else min(batch, BATCH)
+    batch = batch_size(specs, what, model) if batch is None else min(batch, BATCH)
     rng = np.random.default_rng(seed)
     arrays = []
     for spec in specs:
@@ -230,7 +269,7 @@ def check_formula(
         VerificationError: The merged model does not compute the formula.
     """
     # every input of the merged call, one batch size
-    size = batch_size(input_specs(merged), what)
+    size = batch_size(input_specs(merged), what, merged)
     if shared_inputs:
         batch = sample_batch(input_specs(merged), batch=size, what=what)
         per_member = [batch for _ in members]
@@ -469,7 +508,8 @@ def _check_member_files(
                 f"{merged}: embedded member {i} ({embedded.name}) takes inputs "
                 f"{_specs_text(embedded)}, but {path} takes {_specs_text(original)}"
             )
-        batch = sample_batch(input_specs(original), seed=SEED + i, what=str(path))
+        batch = sample_batch(input_specs(original), seed=SEED + i, what=str(path),
+                             model=original)
         check.max_abs_error = compare(
             run(embedded, batch),
             run(original, batch),

@@ -162,6 +162,24 @@ def long_input_keras(folder: Path, length: int = 2**27, name: str = "long.keras"
     return path
 
 
+def upsampling_keras(folder: Path, factor: int = 2**18) -> Path:
+    """A valid model with no weights to speak of whose layers blow a 4 KB sample up by
+    `factor` (1 GiB a sample at 2^18): the check batch's activations, not its inputs."""
+    keras.utils.set_random_seed(36)
+    model = keras.Sequential(
+        [
+            keras.Input((1024, 1)),
+            keras.layers.UpSampling1D(factor),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ],
+        name="upsampling",
+    )
+    path = folder / "upsampling.keras"
+    model.save(path)
+    return path
+
+
 def padded_config_keras(folder: Path, megabytes: int = 57) -> Path:
     """A `.keras` whose config.json is padded to `megabytes` MB of small ints, deflated.
 

@@ -39,6 +39,7 @@ from hostile2 import (
     npz_bools_keras,
     padded_config_keras,
     string_input_keras,
+    upsampling_keras,
     wide_dense_keras,
     zero_assets_keras,
 )
@@ -184,6 +185,15 @@ def test_input_too_large_to_check_is_refused(tmp_path: Path, runner: CliRunner) 
     result = runner.invoke(app, ["merge", str(good), str(good), "-o", str(tmp_path / "n.keras"),
                                  "--no-verify"])
     assert result.exit_code == 0, result.stderr
+
+
+def test_activations_too_large_to_check_are_refused(tmp_path: Path, runner: CliRunner) -> None:
+    path = upsampling_keras(tmp_path)
+    model = keras.saving.load_model(path, compile=False)
+    assert math.prod(model.layers[0].output.shape[1:]) * 4 == 1024 * MiB  # one sample
+    assert path.stat().st_size < 30_000
+    result = runner.invoke(app, ["merge", str(path), str(path), "-o", str(tmp_path / "o.keras")])
+    one_line_error(result, 3, str(path), "layers' outputs take", "too large to check")
 
 
 # --- 3. exit 1 where the file is at fault ---------------------------------------------------

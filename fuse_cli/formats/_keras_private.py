@@ -131,6 +131,18 @@ def cache_keras_skipsets() -> None:
         return
 
 
+def node_outputs(layer: Any) -> list[list[Any]]:
+    """Each call of `layer` in its model's graph: the symbolic tensors that call outputs.
+
+    Keras keeps a layer's calls in the private `_inbound_nodes`; a Keras that moves it
+    yields no calls here (the activation bound then counts only the inputs).
+    """
+    nodes = getattr(layer, "_inbound_nodes", None)
+    if not isinstance(nodes, list):
+        return []
+    return [list(getattr(node, "outputs", None) or []) for node in nodes]
+
+
 # --- the variable budget ------------------------------------------------------------------
 
 
