@@ -155,7 +155,7 @@ def build_cases(
     inspect("2_ghost_dataset_h5", h.ghost_dataset_h5)
     inspect("2_npz_bools_keras", h.npz_bools_keras)
     merge("2_long_input_2^27", h.long_input_keras)
-    merge("2_upsampling_1GiB_a_sample", h.upsampling_keras)
+    merge("2_upsampling_2GiB_a_sample", h.upsampling_keras)
     inspect("2_padded_config_57MB", h.padded_config_keras)
     inspect("2_zero_assets_6x250MiB", h.zero_assets_keras)
     inspect("3_deep_config_100k", h.deep_config_keras)

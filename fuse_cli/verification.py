@@ -124,16 +124,20 @@ def batch_size(
 
 
 def activation_bytes(model: keras.Model) -> int:
-    """The bytes one sample's outputs of every layer of `model` take (nested models too,
-    once per call); `None` dims count as `FREE_DIM`, as in the check batch."""
+    """The bytes one sample's outputs of every layer of `model` take, nested models' layers
+    included; `None` dims count as `FREE_DIM`, as in the check batch.
+
+    A layer keeps a record of every symbolic call (a Sequential's layers were called
+    while it was built, too), so each layer counts once, at its largest call.
+    """
     import keras
 
     total = 0
     for layer in model.layers:
         calls = node_outputs(layer)
-        total += sum(_tensor_bytes(t) for outputs in calls for t in outputs)
+        total += max((sum(_tensor_bytes(t) for t in outputs) for outputs in calls), default=0)
         if isinstance(layer, keras.Model):
-            total += max(1, len(calls)) * activation_bytes(layer)
+            total += activation_bytes(layer)
     return total
 
 

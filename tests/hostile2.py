@@ -162,9 +162,9 @@ def long_input_keras(folder: Path, length: int = 2**27, name: str = "long.keras"
     return path
 
 
-def upsampling_keras(folder: Path, factor: int = 2**18) -> Path:
+def upsampling_keras(folder: Path, factor: int = 2**19) -> Path:
     """A valid model with no weights to speak of whose layers blow a 4 KB sample up by
-    `factor` (1 GiB a sample at 2^18): the check batch's activations, not its inputs."""
+    `factor` (2 GiB a sample at 2^19): the check batch's activations, not its inputs."""
     keras.utils.set_random_seed(36)
     model = keras.Sequential(
         [
