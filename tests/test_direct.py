@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from fuse_cli.ensemble import Mode
+from fuse_cli.choices import Mode
 from fuse_cli.layers import WeightedProduct
 from fuse_cli.search import Ensembler, grid_search, search_weights
 
