@@ -109,6 +109,7 @@ def run_case(
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else None
     stderr = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+    stdout = proc.stdout.read().decode("utf-8", "replace") if proc.stdout else ""
     proc.stdout and proc.stdout.close()
     proc.stderr and proc.stderr.close()
     shutil.rmtree(tmp, ignore_errors=True)
@@ -117,7 +118,8 @@ def run_case(
     return Result(
         name=name, command=" ".join(str(a) for a in argv), exit_code=None if killed else
         proc.returncode, peak_rss_mib=round(peak, 1), peak_tmp_mib=round(peak_tmp, 1),
-        seconds=round(seconds, 2), killed=killed, damage=None,
+        seconds=round(seconds, 2), killed=killed,
+        damage="raw control characters sent to the terminal" if "\x1b" in stdout else None,
         stderr=(lines[-1] if lines else "")[:300],
     )
 
@@ -148,6 +150,9 @@ def build_cases(
             cases.append((name, [fuse, "merge", str(path), str(path), "-o", str(out),
                                  "--force"], folder, nothing))
 
+    if wanted("0_baseline_inspect_good"):
+        cases.append(("0_baseline_inspect_good", [fuse, "inspect", str(good)], folder, nothing))
+    merge("0_baseline_merge_good", lambda f: good)
     inspect("1_ladder_h5", h.ladder_h5)
     inspect("1_ladder_keras", h.ladder_keras)
     inspect("1_cycle_h5", h.cycle_h5)
@@ -272,7 +277,7 @@ def main() -> None:
     for name, argv, cwd, damage in build_cases(corpus, wanted):
         shell = "*" in argv
         result = run_case(name, argv, cwd, args.rss_limit_mib, args.timeout, shell=shell)
-        result.damage = damage()
+        result.damage = damage() or result.damage
         results.append(result)
         print(f"{name:32} exit {result.exit_code!s:4} peak {result.peak_rss_mib:7.0f} MiB "
               f"tmp {result.peak_tmp_mib:6.0f} MiB {result.seconds:6.1f} s"
