@@ -8,8 +8,9 @@ installed `fuse` on each case in its own process, with its own TMPDIR. The paren
 polls the child's resident memory (/proc) and its temp folder, and kills it past
 `--rss-limit-mib` (default 3072: the machine is shared) or `--timeout` seconds, so a
 bomb never takes the machine down; a killed run is reported as "killed at". Peak
-memory is the child's own high-water mark (VmHWM, polled every 20 ms). Exit code, the first stderr line,
-and whether the case's damage happened (payload ran, input replaced) are recorded.
+memory is the child's own high-water mark (VmHWM, polled every 20 ms). The exit code,
+the last stderr line, and whether the case's damage happened (payload ran, input
+replaced, raw control characters printed) are recorded.
 """
 
 from __future__ import annotations
