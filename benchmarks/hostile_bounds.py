@@ -188,7 +188,8 @@ def provenance_cases(folder: Path, fuse: str, good: Path) -> list:
     bad = h.edit_provenance(merged, folder / "bad_provenance.keras",
                             weights_given=["1", "x"], members=5)
     markup = h.markup_version_keras(folder)
-    control = h.control_name_keras(folder)
+    control = h.markup_version_keras(folder, "3.15\x1b]0;owned\x07\x1b[2J",
+                                     "control_version.keras")
 
     def raw_escape() -> str | None:
         return None
@@ -197,7 +198,7 @@ def provenance_cases(folder: Path, fuse: str, good: Path) -> list:
         ("4_provenance_types_inspect", [fuse, "inspect", str(bad)], folder, raw_escape),
         ("4_provenance_types_verify", [fuse, "verify", str(bad)], folder, raw_escape),
         ("4_markup_keras_version", [fuse, "inspect", str(markup)], folder, raw_escape),
-        ("4_control_chars_name", [fuse, "inspect", str(control)], folder, raw_escape),
+        ("4_control_chars_version", [fuse, "inspect", str(control)], folder, raw_escape),
     ]
 
 

@@ -312,10 +312,12 @@ def edit_provenance(merged: Path, target: Path, **values: Any) -> Path:
     return rewrite_archive(merged, target, config=config)
 
 
-def markup_version_keras(folder: Path, version: str = "[/x]") -> Path:
+def markup_version_keras(
+    folder: Path, version: str = "[/x]", name: str = "markup.keras"
+) -> Path:
     """A `.keras` whose metadata.json records a keras_version that is Rich markup."""
     base = good_keras(folder, "base.keras")
-    target = folder / "markup.keras"
+    target = folder / name
     with zipfile.ZipFile(base) as src, zipfile.ZipFile(target, "w") as dst:
         for info in src.infolist():
             data = src.read(info.filename)

@@ -270,6 +270,12 @@ def test_markup_and_control_characters_print_literally(
     assert result.exit_code == 0, result.stderr
     assert "written by Keras [/x] [bold]3.15[/bold]" in result.stdout
 
+    version = markup_version_keras(tmp_path, "3.15\x1b]0;owned\x07\x1b[2J", "esc.keras")
+    result = runner.invoke(app, ["inspect", str(version)], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout  # printed raw before: ESC reached the terminal
+    assert "written by Keras 3.15\\x1b]0;owned\\x07\\x1b[2J" in result.stdout
+
     control = control_name_keras(tmp_path)
     result = runner.invoke(app, ["inspect", str(control)], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
