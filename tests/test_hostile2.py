@@ -209,6 +209,21 @@ def test_deeply_nested_configs_are_exit_3(tmp_path: Path, runner: CliRunner) -> 
     one_line_error(runner.invoke(app, ["inspect", str(deep)]), 3, "nested more than 128")
 
 
+def test_legacy_model_config_caps(tmp_path: Path, runner: CliRunner) -> None:
+    """The same size and depth caps hold for a legacy file's `model_config` attribute."""
+    deep = tmp_path / "deep.h5"
+    good = tmp_path / "good.h5"
+    keras.saving.load_model(good_keras(tmp_path), compile=False).save(good)
+    for path, text in ((deep, "[" * 100_000 + "]" * 100_000),
+                       (tmp_path / "big.h5", json.dumps({"pad": "x" * (17 * MiB)}))):
+        path.write_bytes(good.read_bytes())
+        with h5py.File(path, "a") as f:
+            f.attrs["model_config"] = text
+    one_line_error(runner.invoke(app, ["inspect", str(deep)]), 3, "model_config is nested too")
+    one_line_error(runner.invoke(app, ["inspect", str(tmp_path / "big.h5")]), 3,
+                   "model_config is 17.0 MiB: too large")
+
+
 def test_input_of_a_trillion_values_is_exit_3(tmp_path: Path, runner: CliRunner) -> None:
     path = huge_input_keras(tmp_path)
     model = keras.saving.load_model(path, compile=False)
@@ -325,6 +340,25 @@ def test_inputs_are_never_overwritten(
     result = runner.invoke(app, args)
     one_line_error(result, 5, message)
     assert {p.name: sha256(p) for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_destinations_are_checked_against_folders_and_temporary_names(tmp_path: Path) -> None:
+    from fuse_cli.errors import OutputError
+    from fuse_cli.files import check_writes
+
+    folder = tmp_path / "ens_saved_model"
+    folder.mkdir()
+    inside = folder / "member.keras"
+    inside.write_bytes(b"model")
+    with pytest.raises(OutputError, match="would replace a folder that holds the input"):
+        check_writes([("--export saved_model", folder)], [inside])
+    temp = tmp_path / ".out.keras.fuse-999999-abc.tmp.keras"  # publish removes such leftovers
+    temp.write_bytes(b"model")
+    with pytest.raises(OutputError, match="carries the name of a fuse temporary file"):
+        check_writes([("-o", tmp_path / "out.keras")], [temp])
+    with pytest.raises(OutputError, match="is also written by -o"):
+        check_writes([("-o", tmp_path / "a.keras"), ("--plot", tmp_path / "a.keras")], [])
+    check_writes([("-o", tmp_path / "out.keras")], [inside])  # unrelated paths pass
 
 
 def test_export_artifact_is_named_after_the_output() -> None:
