@@ -56,8 +56,11 @@ MAX_BATCH_VALUES = 1 << 17
 # it stores: a 13 KB model may not declare an input of 2^27 values, 512 MiB a sample).
 MAX_SAMPLE_BYTES = 64 * 1024**2
 # What the check batch may hold at once: its inputs and every layer's outputs (an eager
-# call keeps them until it returns). The batch shrinks to fit, down to one sample.
+# call keeps them until it returns). The batch shrinks to fit, down to one sample; one
+# sample may take more only in proportion to the weights the model really holds (a big
+# model has big activations; a 13 KB file that upsamples to gigabytes does not).
 MAX_ACTIVATION_BYTES = 1024**3
+ACTIVATIONS_PER_WEIGHT_BYTE = 16
 _TINY = np.float32(1.1754944e-38)
 
 
@@ -112,15 +115,25 @@ def batch_size(
     per_sample = sample_bytes(specs, what)
     if model is not None:
         per_sample += activation_bytes(model)
-        if per_sample > MAX_ACTIVATION_BYTES:
+        limit = MAX_ACTIVATION_BYTES + ACTIVATIONS_PER_WEIGHT_BYTE * weight_bytes(model)
+        if per_sample > limit:
             raise ModelLoadError(
                 f"{what}: its layers' outputs take {size_text(per_sample)} a sample on the "
-                f"check batch: too large to check (limit {size_text(MAX_ACTIVATION_BYTES)}; "
-                "--no-verify skips the check)"
+                f"check batch: too large to check (limit {size_text(limit)} for its "
+                f"{size_text(weight_bytes(model))} of weights; --no-verify skips the check)"
             )
     values = sum(math.prod(FREE_DIM if d is None else d for d in spec.shape) for spec in specs)
     fits = MAX_ACTIVATION_BYTES // max(1, per_sample)
     return max(1, min(BATCH, MAX_BATCH_VALUES // max(1, values), fits))
+
+
+def weight_bytes(model: keras.Model) -> int:
+    """The bytes of every weight the model holds (what its file really stores)."""
+    total = 0
+    for variable in model.weights:
+        dtype = _numpy_dtype(str(variable.dtype))
+        total += math.prod(variable.shape) * (dtype.itemsize if dtype is not None else 4)
+    return total
 
 
 def activation_bytes(model: keras.Model) -> int:
