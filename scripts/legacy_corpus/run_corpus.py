@@ -86,7 +86,8 @@ for key, path, seed in jobs:
         record["ok"] = True
     except Exception as exc:
         record["ok"] = False
-        record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        record["error"] = f"{type(exc).__name__}: {text}"
     print(json.dumps(record), flush=True)
 """
 
@@ -131,9 +132,7 @@ def index_folder(folder: Path) -> dict[str, Path]:
     return {blob_sha(p): p for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def references(
-    python: str, jobs: list[tuple[str, Path]], out: Path
-) -> dict[str, dict[str, Any]]:
+def references(python: str, jobs: list[tuple[str, Path]], out: Path) -> dict[str, dict[str, Any]]:
     """Run tf-keras on every job in one subprocess; the records it printed, by key."""
     payload = json.dumps([[key, str(path), int(key[:8], 16)] for key, path in jobs])
     result = subprocess.run(
