@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -209,6 +210,10 @@ def expected(entry: Entry, result: dict[str, Any]) -> bool:
     return result["outcome"] == "match"
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="local copies of the listed files")
@@ -277,7 +282,8 @@ def main() -> None:
     )
     tm = [r for r in results if r["kind"] == "teachable_machine"]
     print(f"Teachable Machine exports: {sum(r['expected'] for r in tm)}/{len(tm)} as expected.")
-    print("Writer versions:", ", ".join(sorted({r["keras_version"] for r in results})))
+    versions = sorted({r["keras_version"] for r in results}, key=_version_key)
+    print("Writer versions:", ", ".join(versions))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
