@@ -15,19 +15,14 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from fuse_cli import __version__
+from fuse_cli import __version__, render
+from fuse_cli.choices import ExportFormat, InputsMode, Metric, Mode
 from fuse_cli.errors import FuseError, UsageError
-
-if TYPE_CHECKING:
-    from fuse_cli.ensemble import InputsMode, Mode
-    from fuse_cli.report import MergeReport
+from fuse_cli.render import console
 
 app = typer.Typer(
     name="fuse",
@@ -36,11 +31,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-# typer needs the Enum classes at import time; they live in a module without Keras.
-from fuse_cli.ensemble import InputsMode, Mode  # noqa: E402
 
 
 def _import_keras_quietly(debug: bool) -> None:
@@ -90,20 +80,10 @@ def _exit_on_error(*, debug: bool = False, json_output: bool = False) -> Iterato
 
 
 def _fail(message: str, code: int, json_output: bool) -> None:
-    err_console.print(f"[red]error:[/] {escape(message)}")
+    render.print_error(message)
     if json_output:
         console.print_json(json.dumps({"ok": False, "exit_code": code, "error": message}))
     raise typer.Exit(code)
-
-
-@contextmanager
-def _spinner(enabled: bool) -> Iterator[Any]:
-    """A status line on stderr while slow steps run, only on a terminal."""
-    if enabled and sys.stderr.isatty():
-        with err_console.status("starting") as status:
-            yield lambda message: status.update(escape(message))
-    else:
-        yield None
 
 
 def _version_callback(value: bool) -> None:
@@ -255,71 +235,20 @@ def merge(
             force=force,
             verify=not no_verify,
             unsafe=unsafe,
+            exports=list(export or []),
+            quiet=not debug,
         )
-        requests = _merge_export_requests(output, export, force=force, verify=not no_verify)
-        with _spinner(not json_output) as progress:
+        with render.spinner(not json_output) as progress:
             report = merge_files(models, output, options, progress=progress)
-            exported = _export_merged(output, requests, force=force, verify=not no_verify,
-                                      unsafe=unsafe, debug=debug, progress=progress)
-        for warning in report.warnings:
-            err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+        render.print_warnings(report.warnings)
         if json_output:
-            extra = {"exports": exported.to_dict()["exports"]} if exported else {}
-            console.print_json(json.dumps({"ok": True, **report.to_dict(), **extra}))
+            console.print_json(json.dumps({"ok": True, **report.to_dict()}))
         else:
-            print_merge_report(report)
-            if exported:
-                print_exports(exported)
+            render.print_merge_report(report)
+            render.print_exports(report.exports)
 
 
-def print_merge_report(report: MergeReport) -> None:
-    """The human-readable merge report on stdout."""
-    table = Table(title=f"members ({report.mode}, {report.inputs} inputs)", title_justify="left")
-    for column in ("file", "input shape", "output shape", "params", "weight"):
-        table.add_column(column, justify="right" if column in ("params", "weight") else "left")
-    for m in report.members:
-        weight = f"{m.weight:.4g}"
-        if abs(m.weight_given - m.weight) > 1e-12:
-            weight = f"{m.weight_given:g} → {weight}"
-        table.add_row(escape(m.file), ", ".join(m.input_shapes), ", ".join(m.output_shapes),
-                      f"{m.params:,}", weight)
-    console.print(table)
-    for m in report.members:
-        if m.migrations:
-            console.print(f"{escape(m.file)}: legacy file migrated by "
-                          f"{escape(', '.join(m.migrations))}")
-    _print_written(report)
-    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
-
-
-def _print_written(report: MergeReport) -> None:
-    """The formula, the file written and its verification: merge's and tune's last lines."""
-    console.print(f"formula:  {escape(report.formula)}")
-    console.print(f"output:   {escape(report.output)} ({_size_text(report.size)})")
-    if report.verified and report.max_abs_error is not None:
-        console.print(f"verified: reloaded and matches the formula, max abs error "
-                      f"{report.max_abs_error:.2e}")
-    else:
-        console.print("verified: skipped (--no-verify)")
-
-
-def _size_text(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
-# --- export, inspect and verify commands (issue 5) ---
-
-# typer needs this Enum when it builds the commands; fuse_cli.export imports no Keras.
-from fuse_cli.export import ExportFormat  # noqa: E402
-
-if TYPE_CHECKING:
-    from fuse_cli.export import ExportRun
-    from fuse_cli.inspection import InspectReport, ModelInfo, VerifyReport
+# --- export, inspect and verify ---
 
 NoVerifyOption = Annotated[
     bool, typer.Option("--no-verify", help="Skip running the artifact and checking its parity.")
@@ -364,54 +293,13 @@ def export_command(
         _import_keras_quietly(debug)
         from fuse_cli.export import export_file
 
-        with _spinner(not json_output) as progress:
+        with render.spinner(not json_output) as progress:
             run = export_file(merged, [(fmt, output)], force=force, verify=not no_verify,
                               unsafe=unsafe, quiet=not debug, progress=progress)
         if json_output:
             console.print_json(json.dumps({"ok": True, **run.to_dict()}))
         else:
-            print_exports(run)
-
-
-def _merge_export_requests(
-    output: Path, formats: list[ExportFormat] | None, *, force: bool, verify: bool
-) -> list[tuple[ExportFormat, Path]]:
-    """`merge --export`: where each artifact goes, checked before any model is loaded."""
-    from fuse_cli.export import artifact_path, plan_exports
-
-    requests = [(fmt, artifact_path(output, fmt)) for fmt in dict.fromkeys(formats or [])]
-    plan_exports(output, requests, force=force, verify=verify)
-    return requests
-
-
-def _export_merged(
-    output: Path,
-    requests: list[tuple[ExportFormat, Path]],
-    *,
-    force: bool,
-    verify: bool,
-    unsafe: bool,
-    debug: bool,
-    progress: Any,
-) -> ExportRun | None:
-    """`merge --export`: write the artifacts once OUTPUT is written and verified."""
-    if not requests:
-        return None
-    from fuse_cli.export import export_file
-
-    return export_file(output, requests, force=force, verify=verify, unsafe=unsafe,
-                       quiet=not debug, progress=progress)
-
-
-def print_exports(run: ExportRun) -> None:
-    """The human-readable export report on stdout."""
-    for item in run.exports:
-        console.print(f"exported: {escape(item.path)} ({item.format}, {_size_text(item.size)})")
-        if item.verified and item.max_abs_error is not None:
-            console.print(f"parity:   matches the Keras model in {escape(str(item.runtime))}, "
-                          f"max abs error {item.max_abs_error:.2e} (atol {item.atol:g})")
-        else:
-            console.print("parity:   skipped (--no-verify)")
+            render.print_exports(run.exports)
 
 
 @app.command("inspect")
@@ -433,80 +321,12 @@ def inspect_command(
         _import_keras_quietly(debug)
         from fuse_cli.inspection import inspect_files
 
-        with _spinner(not json_output) as progress:
+        with render.spinner(not json_output) as progress:
             report = inspect_files(models, unsafe=unsafe, progress=progress)
         if json_output:
             console.print_json(json.dumps({"ok": True, **report.to_dict()}))
         else:
-            print_inspect_report(report)
-
-
-def print_inspect_report(report: InspectReport) -> None:
-    """The human-readable inspect report on stdout."""
-    for i, info in enumerate(report.models):
-        if i:
-            console.print()
-        _print_model_info(info)
-    c = report.compatibility
-    if c is None:
-        return
-    console.print()
-    if not c.mergeable:
-        console.print(f"can merge: [red]no[/]: {escape(str(c.reason))}")
-        return
-    console.print(f"can merge: yes, with {c.inputs} inputs; outputs {', '.join(c.outputs)}")
-    if c.product:
-        console.print("           --mode product too: every output is >= 0")
-    else:
-        console.print(f"           not --mode product: {escape(str(c.product_reason))}")
-
-
-def _tensor_text(t: Any) -> str:
-    shape = "(" + ", ".join("None" if d is None else str(d) for d in t.shape) + ")"
-    return f"{escape(t.name)} {shape} {t.dtype}"
-
-
-def _print_model_info(info: ModelInfo) -> None:
-    written = f", written by Keras {info.keras_version}" if info.keras_version else ""
-    console.print(f"[bold]{escape(info.file)}[/] ({info.format}{written}): model "
-                  f"{escape(info.name)!r}")
-    console.print(f"  inputs:     {'; '.join(_tensor_text(t) for t in info.inputs)}")
-    console.print(f"  outputs:    {'; '.join(_tensor_text(t) for t in info.outputs)}")
-    activations = ", ".join(a or "unknown" for a in info.last_activations)
-    if info.ensemble is not None:
-        members = "; ".join(", ".join(a or "unknown" for a in m["last_activations"])
-                            for m in info.ensemble.members)
-        activations = f"weighted {info.ensemble.mode} of the members' {members}"
-    console.print(f"  activation: {escape(activations)}")
-    console.print(f"  params:     {info.params:,}")
-    console.print(f"  size:       {_size_text(info.size)}")
-    console.print(f"  sha256:     {info.sha256}")
-    e = info.ensemble
-    if e is None:
-        return
-    renormalized = ", renormalized" if e.renormalize else ""
-    weights = ", ".join(f"{w:.4g}" for w in e.weights)
-    if e.weights_given is not None:
-        weights = f"{', '.join(f'{w:g}' for w in e.weights_given)} → {weights}"
-    console.print(f"  ensemble:   {e.mode}{renormalized}, {e.inputs} inputs, weights {weights}"
-                  + (f" ({escape(e.tool)})" if e.tool else ""))
-    for m in e.members:
-        source = escape(str(m["file"])) if m["file"] else "(not recorded)"
-        digest = m["sha256"] or "(no SHA-256 recorded)"
-        console.print(f"    member {m['index']}: {source} → {escape(m['layer'])}, sha256 {digest}")
-    if e.tuning:
-        console.print(f"  tuned:      {escape(_tuning_text(e.tuning))}")
-
-
-def _tuning_text(tuning: dict[str, Any]) -> str:
-    """One line on how `fuse tune` chose the weights, from the file's provenance."""
-    data = tuning.get("data") or {}
-    text = (f"{tuning.get('method')} on {tuning.get('metric')}, data {data.get('file')} "
-            f"({data.get('rows')} rows, holdout {tuning.get('holdout')})")
-    held = tuning.get("heldout") or {}
-    scores = ", ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in held.items()
-                       if k in ("accuracy", "log_loss") and isinstance(v, float))
-    return f"{text}; held out: {scores}" if scores else text
+            render.print_inspect_report(report)
 
 
 @app.command("verify")
@@ -536,40 +356,17 @@ def verify_command(
     """
     with _exit_on_error(debug=debug, json_output=json_output):
         _import_keras_quietly(debug)
-        from fuse_cli.inspection import verify_file
+        from fuse_cli.verification import verify_file
 
-        with _spinner(not json_output) as progress:
+        with render.spinner(not json_output) as progress:
             report = verify_file(merged, members or [], unsafe=unsafe, progress=progress)
         if json_output:
             console.print_json(json.dumps({"ok": True, **report.to_dict()}))
         else:
-            print_verify_report(report)
+            render.print_verify_report(report)
 
 
-def print_verify_report(report: VerifyReport) -> None:
-    """The human-readable verify report on stdout."""
-    console.print(f"verified: {escape(report.file)} computes its {report.mode} formula on its "
-                  f"{len(report.members)} embedded members, max abs error "
-                  f"{report.formula_max_abs_error:.2e}")
-    if not report.provenance_recorded:
-        console.print("          (the file records no provenance)")
-    for m in report.members:
-        if m.given is None:
-            continue
-        error = f"{m.max_abs_error:.2e}" if m.max_abs_error is not None else "n/a"
-        console.print(f"member {m.index}: {escape(m.given)} has the recorded SHA-256 and "
-                      f"matches its embedded copy, max abs error {error}")
-
-
-
-# --- evaluate and tune commands (issue 6) ---
-
-# typer needs this Enum when it builds the commands; fuse_cli.tuning imports no numpy.
-from fuse_cli.tuning import Metric  # noqa: E402
-
-if TYPE_CHECKING:
-    from fuse_cli.search import Scores
-    from fuse_cli.tuning import EvaluationReport, TuneReport
+# --- evaluate and tune ---
 
 DataOption = Annotated[
     Path,
@@ -588,38 +385,6 @@ def _quiet_retracing(debug: bool) -> None:
     """
     if not debug:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
-
-
-@contextmanager
-def _progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
-    """A status line and one bar per model while predicting, on stderr, only on a terminal."""
-    if not (enabled and sys.stderr.isatty()):
-        yield None, None
-        return
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        SpinnerColumn,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               TaskProgressColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as bars:
-        status = bars.add_task("starting", total=None)
-        tasks: dict[str, Any] = {}
-
-        def say(message: str) -> None:
-            bars.update(status, description=escape(message))
-
-        def advance(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bars.add_task(f"predicting with {escape(label)}", total=total)
-            bars.update(tasks[label], completed=done)
-
-        yield say, advance
 
 
 @app.command("evaluate")
@@ -647,29 +412,16 @@ def evaluate_command(
     with _exit_on_error(debug=debug, json_output=json_output):
         _import_keras_quietly(debug)
         _quiet_retracing(debug)
-        from fuse_cli.tuning import evaluate_files
+        from fuse_cli.evaluation import evaluate_files
 
-        with _progress_bars(not json_output) as (say, advance):
+        with render.progress_bars(not json_output) as (say, advance):
             report = evaluate_files(models, data, batch_size=batch_size, unsafe=unsafe,
                                     progress=say, advance=advance)
-        for warning in report.warnings:
-            err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+        render.print_warnings(report.warnings)
         if json_output:
             console.print_json(json.dumps({"ok": True, **report.to_dict()}))
         else:
-            print_evaluation(report)
-
-
-def print_evaluation(report: EvaluationReport) -> None:
-    """The human-readable evaluation table on stdout."""
-    table = Table(title=f"{report.data}: {report.rows} rows", title_justify="left")
-    for column in ("model", "output shape", "accuracy", "log-loss"):
-        table.add_column(column, justify="left" if column in ("model", "output shape")
-                         else "right", overflow="fold")
-    for m in report.models:
-        table.add_row(escape(m.file), m.output_shape, f"{m.accuracy:.4f}",
-                      "n/a" if m.log_loss is None else f"{m.log_loss:.4f}")
-    console.print(table)
+            render.print_evaluation(report)
 
 
 @app.command("tune")
@@ -727,57 +479,13 @@ def tune_command(
             renormalize=renormalize, assume_nonnegative=assume_nonnegative, name=name,
             force=force, verify=not no_verify, unsafe=unsafe, plot=plot,
         )
-        with _progress_bars(not json_output) as (say, advance):
+        with render.progress_bars(not json_output) as (say, advance):
             report = tune_files(models, data, output, options, progress=say, advance=advance)
-        for warning in report.warnings:
-            err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+        render.print_warnings(report.warnings)
         if json_output:
             console.print_json(json.dumps({"ok": True, **report.to_dict()}))
         else:
-            print_tune_report(report)
-
-
-_SEARCHES = {
-    "grid": "exact grid over the first weight, 0 to 1 in steps of 0.01",
-    "greedy": "greedy selection with replacement (Caruana), 100 rounds",
-}
-
-
-def print_tune_report(report: TuneReport) -> None:
-    """The human-readable tuning report on stdout."""
-    fit, held = report.fit, report.heldout
-    split = (f"{fit.rows} to fit the weights, {held.rows} held out (--holdout "
-             f"{report.holdout:g}, seed {report.seed})" if held else
-             f"all {fit.rows} to fit the weights (--holdout 0)")
-    console.print(f"data:     {escape(report.data)}, {report.rows} rows: {split}")
-    console.print(f"search:   {_SEARCHES.get(report.method, report.method)}; "
-                  f"metric {report.metric}")
-    table = Table(title_justify="left")
-    table.add_column("model", overflow="fold")
-    table.add_column("weight", justify="right")
-    for part in ("fit", "held out") if held else ("fit",):
-        table.add_column(f"{part}\naccuracy", justify="right")
-        table.add_column(f"{part}\nlog-loss", justify="right")
-    parts = [fit, held] if held else [fit]
-    for i, (label, weight) in enumerate(zip(report.files, report.weights, strict=True)):
-        table.add_row(escape(label), f"{weight:.4g}", *_score_cells([p.members[i] for p in parts]))
-    equal = f"{1 / len(report.files):.4g} each"
-    table.add_row("equal weights", equal, *_score_cells([p.equal_weights for p in parts]))
-    table.add_row("[bold]tuned ensemble[/]", "", *_score_cells([p.ensemble for p in parts]),
-                  style="bold")
-    console.print(table)
-    _print_written(report.merge)
-    if report.plot:
-        console.print(f"plot:     {escape(report.plot)}")
-    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
-
-
-def _score_cells(scores: list[Scores]) -> list[str]:
-    cells = []
-    for s in scores:
-        cells.append(f"{s.accuracy:.4f}")
-        cells.append("n/a" if s.log_loss is None else f"{s.log_loss:.4f}")
-    return cells
+            render.print_tune_report(report)
 
 
 def main() -> None:

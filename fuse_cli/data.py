@@ -30,7 +30,7 @@ import numpy as np
 
 from fuse_cli.ensemble import Shape, TensorSpec
 from fuse_cli.errors import DataError, DataLoadError
-from fuse_cli.model_io import check_regular_file
+from fuse_cli.formats.screening import check_regular_file
 
 SPLIT_SEED = 0
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")

@@ -9,34 +9,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from fuse_cli.choices import InputsMode, Mode
 from fuse_cli.errors import IncompatibleModelsError, UsageError
 
 if TYPE_CHECKING:
     import keras
+
+__all__ = ["InputsMode", "Mode", "TensorSpec", "build_ensemble"]  # the enums: re-exported
 
 Shape = tuple[int | None, ...]
 
 NONNEGATIVE_ACTIVATIONS = frozenset(
     {"softmax", "sigmoid", "relu", "relu6", "softplus", "exponential"}
 )
-
-
-class Mode(str, Enum):
-    """How member outputs are combined."""
-
-    SUM = "sum"
-    PRODUCT = "product"
-
-
-class InputsMode(str, Enum):
-    """Whether members share one input or each get their own."""
-
-    AUTO = "auto"
-    SHARED = "shared"
-    SEPARATE = "separate"
 
 
 @dataclass(frozen=True)

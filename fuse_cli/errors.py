@@ -49,3 +49,14 @@ class DataLoadError(FuseError):
     """A `--data` file is missing, unreadable, not an .npz archive, or pickled."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException | str, limit: int = 300) -> str:
+    """The first line of an error's text (or of `exc` if it is text), cut to `limit` chars.
+
+    Third-party exceptions often carry a whole config dump after their first line; fuse
+    shows one line.
+    """
+    text = str(exc).strip() or type(exc).__name__
+    line = text.splitlines()[0].strip()
+    return line if len(line) <= limit else line[: limit - 3] + "..."

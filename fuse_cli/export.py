@@ -8,49 +8,32 @@ renamed into place. A failed conversion or parity check leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import logging
 import os
-import re
-import secrets
-import shutil
-import sys
-import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fuse_cli.errors import OutputError, UsageError, VerificationError
-from fuse_cli.model_io import (
-    MODEL_SUFFIXES,
-    check_output_folder,
-    current_umask,
-    first_line,
-    fsync_dir,
-)
+import numpy as np
+
+from fuse_cli.choices import ExportFormat
+from fuse_cli.ensemble import input_specs
+from fuse_cli.errors import OutputError, UsageError, VerificationError, first_line
+from fuse_cli.files import MODEL_SUFFIXES, check_output_folder, publish
+from fuse_cli.formats import check_keras, check_model_path, load_model
+from fuse_cli.runtimes import RUNNERS, litert_interpreter, quiet_native_logs
+from fuse_cli.verification import compare, run, sample_batch
 
 if TYPE_CHECKING:
     import keras
-    import numpy as np
 
 Progress = Callable[[str], None]
 
 # Artifact vs Keras model on the check batch: |a - k| <= ATOL + RTOL * |k| (float32).
 PARITY_ATOL = 1e-5
 PARITY_RTOL = 1e-5
-
-
-class ExportFormat(str, Enum):
-    """The artifact formats `fuse export` writes."""
-
-    SAVED_MODEL = "saved_model"
-    LITERT = "litert"
-    ONNX = "onnx"
 
 
 # The name `keras.Model.export` knows each format by.
@@ -113,7 +96,7 @@ def check_requirements(fmt: ExportFormat, *, verify: bool = True) -> None:
     if verify:
         needs.update(_RUNTIME_NEEDS.get(fmt, {}))
     missing = [pip_name for module, pip_name in needs.items() if not _importable(module)]
-    if fmt is ExportFormat.LITERT and verify and _litert_interpreter() is None:
+    if fmt is ExportFormat.LITERT and verify and litert_interpreter() is None:
         missing.append("ai-edge-litert")
     if missing:
         raise UsageError(
@@ -217,8 +200,6 @@ def export_file(
     Raises:
         FuseError: A subclass carrying the exit code (DESIGN §5).
     """
-    from fuse_cli.model_io import check_keras, check_model_path, load_model
-
     source = Path(source)
     say = progress or (lambda _message: None)
     targets = [(fmt, Path(out)) for fmt, out in requests]
@@ -251,41 +232,35 @@ def export_model(
         VerificationError: The artifact disagrees with the Keras model.
     """
     start = time.perf_counter()
-    folder = out.parent if str(out.parent) else Path(".")
     # Running the model first also marks it as called, which the ONNX exporter needs.
     batch, expected = reference_outputs(model, what=str(out))
-    tmp = _temporary(folder, out, fmt)
-    error: float | None = None
-    runtime: str | None = None
-    try:
-        with _quiet(quiet):
+    parity: list[tuple[float, str]] = []
+
+    def write(tmp: Path) -> None:
+        with quiet_native_logs(quiet):
             _convert(model, fmt, tmp, out)
-            _fsync_tree(tmp)
-            if verify:
-                error, runtime = check_parity(model, fmt, tmp, batch, expected, what=str(out))
-        _publish(tmp, out, folder)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        _remove(tmp)
+
+    def check(tmp: Path) -> None:
+        with quiet_native_logs(quiet):
+            parity.append(check_parity(model, fmt, tmp, batch, expected, what=str(out)))
+
+    size = publish(
+        out,
+        write,
+        check=check if verify else None,
+        directory=fmt is ExportFormat.SAVED_MODEL,
+        suffix=_SUFFIXES.get(fmt),
+    )
+    error, runtime = parity[0] if parity else (None, None)
     return ExportReport(
         format=fmt.value,
         path=str(out),
-        size=_size_of(out),
+        size=size,
         verified=verify,
         max_abs_error=error,
         runtime=runtime,
         elapsed_seconds=time.perf_counter() - start,
     )
-
-
-def _temporary(folder: Path, out: Path, fmt: ExportFormat) -> Path:
-    if fmt is ExportFormat.SAVED_MODEL:
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder))
-    # Keras's LiteRT exporter insists on the .tflite suffix, so keep the real one last.
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{_SUFFIXES[fmt]}", dir=folder)
-    os.close(fd)
-    return Path(name)
 
 
 def _convert(model: keras.Model, fmt: ExportFormat, tmp: Path, out: Path) -> None:
@@ -308,11 +283,6 @@ def reference_outputs(model: keras.Model, *, what: str) -> tuple[list[Any], list
     Raises:
         VerificationError: The Keras model itself yields NaN or inf.
     """
-    import numpy as np
-
-    from fuse_cli.ensemble import input_specs
-    from fuse_cli.verification import run, sample_batch
-
     batch = sample_batch(input_specs(model))
     expected = run(model, batch)
     if not all(np.all(np.isfinite(e)) for e in expected):
@@ -345,10 +315,8 @@ def check_parity(
     Raises:
         VerificationError: Outputs differ beyond tolerance, or are NaN/inf.
     """
-    from fuse_cli.verification import compare
-
     names = [str(t.name) for t in model.inputs]
-    runner, runtime = _RUNNERS[fmt]()
+    runner, runtime = RUNNERS[fmt]()
     try:
         actual = runner(artifact, names, batch)
     except VerificationError:
@@ -366,174 +334,3 @@ def check_parity(
         rtol=PARITY_RTOL, atol=PARITY_ATOL, against="the Keras model",
     )
     return error, runtime
-
-
-Runner = Callable[[Path, list[str], list[Any]], list[Any]]
-
-
-def _saved_model_runner() -> tuple[Runner, str]:
-    import tensorflow as tf
-
-    def run(path: Path, names: list[str], batch: list[Any]) -> list[Any]:
-        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-        keys = list(signature.structured_input_signature[1])
-        feeds = {k: tf.constant(v) for k, v in _feeds(path, keys, names, batch).items()}
-        return _ordered({k: v.numpy() for k, v in signature(**feeds).items()})
-
-    return run, f"tf.saved_model (tensorflow {tf.__version__})"
-
-
-def _litert_runner() -> tuple[Runner, str]:
-    found = _litert_interpreter()
-    if found is None:  # check_requirements stops this earlier
-        raise UsageError("no LiteRT interpreter: pip install 'fuse-cli[litert]'")
-    interpreter_class, runtime = found
-
-    def run(path: Path, names: list[str], batch: list[Any]) -> list[Any]:
-        runner = interpreter_class(model_path=str(path)).get_signature_runner()
-        keys = list(runner.get_input_details())
-        return _ordered(runner(**_feeds(path, keys, names, batch)))
-
-    return run, runtime
-
-
-def _litert_interpreter() -> tuple[Any, str] | None:
-    """The LiteRT interpreter: `ai_edge_litert`, else TensorFlow's deprecated `tf.lite`."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        from ai_edge_litert import interpreter as litert
-
-        return litert.Interpreter, f"ai_edge_litert {version('ai-edge-litert')}"
-    except (ImportError, PackageNotFoundError):
-        pass
-    try:
-        import tensorflow as tf
-
-        return tf.lite.Interpreter, f"tf.lite (tensorflow {tf.__version__})"
-    except (ImportError, AttributeError):
-        return None
-
-
-def _onnx_runner() -> tuple[Runner, str]:
-    import onnxruntime as ort
-
-    def run(path: Path, names: list[str], batch: list[Any]) -> list[Any]:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        keys = [i.name for i in session.get_inputs()]
-        return list(session.run(None, _feeds(path, keys, names, batch)))
-
-    return run, f"onnxruntime {ort.__version__}"
-
-
-_RUNNERS: dict[ExportFormat, Callable[[], tuple[Runner, str]]] = {
-    ExportFormat.SAVED_MODEL: _saved_model_runner,
-    ExportFormat.LITERT: _litert_runner,
-    ExportFormat.ONNX: _onnx_runner,
-}
-
-
-def _feeds(path: Path, keys: list[str], names: list[str], batch: list[Any]) -> dict[str, Any]:
-    """Match the artifact's input names to the model's: by name, else by position."""
-    if sorted(keys) == sorted(names):
-        return {k: batch[names.index(k)] for k in keys}
-    if len(keys) == len(batch):
-        return dict(zip(keys, batch, strict=True))
-    raise VerificationError(
-        f"{path}: the artifact has inputs {keys}, but the model has {names}"
-    )
-
-
-def _ordered(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs named `output_0`, `output_1`, ... in numeric order."""
-
-    def index(key: str) -> tuple[int, str]:
-        found = re.search(r"(\d+)$", key)
-        return (int(found.group(1)) if found else -1, key)
-
-    return [outputs[k] for k in sorted(outputs, key=index)]
-
-
-@contextlib.contextmanager
-def _quiet(enabled: bool) -> Iterator[None]:
-    """Keep converters' and runtimes' native log lines (fd 2) and warnings off stderr.
-
-    TFLite announces its XNNPACK delegate and TensorFlow its graph passes from C++,
-    where Python's logging cannot reach; they would bury fuse's one-line messages.
-    """
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    loggers = [logging.getLogger(name) for name in ("tf2onnx", "absl", "tensorflow")]
-    levels = [logger.level for logger in loggers]
-    try:
-        os.dup2(devnull, 2)
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-def _fsync_tree(path: Path) -> None:
-    if path.is_file():
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
-        return
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb+") as f:
-                os.fsync(f.fileno())
-        fsync_dir(Path(root))
-
-
-def _publish(tmp: Path, out: Path, folder: Path) -> None:
-    """Rename the checked artifact into place; an old one is replaced only after that."""
-    mask = current_umask()
-    os.chmod(tmp, (0o755 if tmp.is_dir() else 0o644) & ~mask)
-    if tmp.is_file() and not out.is_dir():
-        os.replace(tmp, out)
-    else:
-        # A folder cannot be renamed over a non-empty folder: move the old one aside
-        # first, and back if the new one cannot take its place.
-        aside = None
-        if out.exists() or out.is_symlink():
-            aside = folder / f".{out.name}.{secrets.token_hex(4)}.old"
-            os.rename(out, aside)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if aside is not None:
-                os.rename(aside, out)
-            raise
-        if aside is not None:
-            _remove(aside)
-    fsync_dir(folder)
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def _size_of(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fuse_cli import __version__
+from fuse_cli.choices import ExportFormat, InputsMode, Mode
 from fuse_cli.ensemble import (
-    InputsMode,
-    Mode,
     build_ensemble,
     input_specs,
     last_activations,
@@ -21,15 +21,10 @@ from fuse_cli.ensemble import (
     resolve_weights,
 )
 from fuse_cli.errors import UsageError
-from fuse_cli.model_io import (
-    LoadedModel,
-    check_keras,
-    check_model_path,
-    check_output,
-    load_model,
-    save_atomically,
-)
-from fuse_cli.report import MemberReport, MergeReport, formula_text
+from fuse_cli.export import artifact_path, export_file, plan_exports
+from fuse_cli.files import check_output, publish
+from fuse_cli.formats import LoadedModel, cache_keras_skipsets, load_model, load_models
+from fuse_cli.report import MemberReport, MergeReport, file_labels, formula_text
 from fuse_cli.verification import check_formula
 
 if TYPE_CHECKING:
@@ -54,6 +49,10 @@ class MergeOptions:
     force: bool = False
     verify: bool = True
     unsafe: bool = False
+    # `--export`: deployable artifacts written beside OUT once it is verified.
+    exports: Sequence[ExportFormat] = ()
+    # Keep the exporters' native log lines off stderr (off with --debug).
+    quiet: bool = True
     # More provenance to record (e.g. `tuning` from `fuse tune`); never replaces a
     # standard key.
     extra_provenance: dict[str, Any] | None = None
@@ -103,29 +102,18 @@ def merge_files(
     files = [Path(p) for p in paths]
     say = progress or (lambda _message: None)
 
+    out = Path(out)
     check_options(len(files), options)
-    check_output(Path(out), files, force=options.force)
-    loaded = load_members(files, unsafe=options.unsafe, progress=say)
-    return merge_loaded(loaded, out, options, progress=progress, start=start)
-
-
-def load_members(
-    paths: Sequence[Path], *, unsafe: bool = False, progress: Progress | None = None
-) -> list[LoadedModel]:
-    """Check every path, then load each member (a missing file fails before any load).
-
-    Raises:
-        ModelLoadError: The first file that cannot be loaded.
-    """
-    say = progress or (lambda _message: None)
-    for path in paths:
-        check_model_path(path)
-    check_keras()
-    loaded = []
-    for path in paths:
-        say(f"loading {path}")
-        loaded.append(load_model(path, unsafe=unsafe))
-    return loaded
+    check_output(out, files, force=options.force)
+    requests = [(fmt, artifact_path(out, fmt)) for fmt in dict.fromkeys(options.exports)]
+    plan_exports(out, requests, force=options.force, verify=options.verify)
+    loaded = load_models(files, unsafe=options.unsafe, progress=say)
+    report = merge_loaded(loaded, out, options, progress=progress, start=start)
+    if requests:
+        run = export_file(out, requests, force=options.force, verify=options.verify,
+                          unsafe=options.unsafe, quiet=options.quiet, progress=progress)
+        report.exports = run.exports
+    return report
 
 
 def merge_loaded(
@@ -141,7 +129,7 @@ def merge_loaded(
     the merged graph; load them again to use them on their own.
 
     Args:
-        loaded: Two or more members from `load_members` / `model_io.load_model`.
+        loaded: Two or more members from `fuse_cli.formats.load_models`.
         out: The merged model file (`.keras`, `.h5` or `.hdf5`).
         options: Mode, weights and the rest; defaults to an equal-weight sum.
         progress: Called with a short description before each slow step.
@@ -201,7 +189,7 @@ def merge_loaded(
         )
 
     say(f"writing {out}")
-    size = save_atomically(merged, out, check=verify if options.verify else None)
+    size = save_model(merged, out, check=verify if options.verify else None)
     return MergeReport(
         output=str(out),
         mode=options.mode.value,
@@ -217,11 +205,25 @@ def merge_loaded(
     )
 
 
-def file_labels(paths: Sequence[Path]) -> list[str]:
-    names = [p.name for p in paths]
-    if len(set(names)) == len(names):
-        return names
-    return [str(p) for p in paths]
+def save_model(
+    model: keras.Model, out: Path, check: Callable[[Path], object] | None = None
+) -> int:
+    """Save `model` to `out` through `fuse_cli.files.publish` (checked before it lands).
+
+    `.keras` writes the native format, `.h5`/`.hdf5` legacy HDF5.
+
+    Returns:
+        The size of the written file in bytes.
+    """
+
+    def write(tmp: Path) -> None:
+        cache_keras_skipsets()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save(tmp)
+
+    suffix = ".keras" if out.suffix.lower() == ".keras" else ".h5"
+    return publish(out, write, check=check, suffix=suffix)
 
 
 def _member_report(loaded: LoadedModel, label: str, given: float, weight: float) -> MemberReport:

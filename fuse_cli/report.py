@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -40,6 +42,8 @@ class MergeReport:
     max_abs_error: float | None
     elapsed_seconds: float
     warnings: list[str] = field(default_factory=list)
+    # `--export`: one `fuse_cli.export.ExportReport` per artifact written beside OUT.
+    exports: list[Any] = field(default_factory=list)
 
     @property
     def weights(self) -> list[float]:
@@ -62,3 +66,11 @@ def formula_text(labels: list[str], weights: list[float], mode: str, renormalize
     if renormalize:
         return f"({product}) / sum over the last axis"
     return product
+
+
+def file_labels(paths: Sequence[Path]) -> list[str]:
+    """How each file is named in reports: its name, or its path when names repeat."""
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [str(p) for p in paths]

@@ -1,80 +1,55 @@
-"""`fuse evaluate` and `fuse tune` as library calls: scores and weights from data.
+"""`fuse tune` as a library call: weights from data, then one verified merged file.
 
 `tune_files` loads each member once, runs it once over the data (batched), keeps
 the predictions, splits the rows into a part to fit on and a held-out part, searches
 the weights on the fit part only (`fuse_cli.search`), scores members and ensemble on
 both parts, and writes the ensemble through `merge.merge_loaded`, verification
 included, with the tuning recorded in the file's provenance.
-
-numpy, Keras and the search are imported inside the functions, so the CLI can read
-`Metric` without them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
-import os
-import tempfile
 import time
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fuse_cli.ensemble import Mode
-from fuse_cli.errors import DataError, IncompatibleModelsError, OutputError, UsageError
+import numpy as np
 
-if TYPE_CHECKING:
-    import keras
-    import numpy as np
-
-    from fuse_cli.data import Dataset
-    from fuse_cli.report import MergeReport
-    from fuse_cli.search import Scores, SearchResult
-
-Say = Callable[[str], None]
-Advance = Callable[[str, int, int], None]  # (model label, rows done, rows in all)
+from fuse_cli.choices import Metric, Mode
+from fuse_cli.data import SPLIT_SEED, Dataset, check_inputs, read_data, split_rows
+from fuse_cli.ensemble import check_nonnegative, check_outputs, input_specs
+from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
+from fuse_cli.evaluation import (
+    BATCH_SIZE,
+    Advance,
+    Say,
+    check_batch_size,
+    checked_labels,
+    labels_for,
+    output_shape,
+    predict,
+)
+from fuse_cli.files import check_destination, check_output, publish
+from fuse_cli.formats import load_models, sha256_of
+from fuse_cli.merge import MergeOptions, check_options, merge_loaded
+from fuse_cli.report import MergeReport, file_labels
+from fuse_cli.search import (
+    Ensembler,
+    Scores,
+    SearchResult,
+    are_probabilities,
+    as_rows,
+    score,
+    search_weights,
+)
+from fuse_cli.verification import reference
 
 HOLDOUT = 0.3
-BATCH_SIZE = 256
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-
-
-class Metric(str, Enum):
-    """What `fuse tune` optimizes."""
-
-    ACCURACY = "accuracy"
-    LOG_LOSS = "log_loss"
-
-
-@dataclass
-class ModelEvaluation:
-    """One model's scores on a data file."""
-
-    file: str
-    name: str
-    output_shape: str
-    accuracy: float
-    log_loss: float | None
-
-
-@dataclass
-class EvaluationReport:
-    """What `fuse evaluate` found, as shown in the table and in `--json`."""
-
-    data: str
-    rows: int
-    models: list[ModelEvaluation]
-    elapsed_seconds: float
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary of every field."""
-        return asdict(self)
 
 
 @dataclass
@@ -154,166 +129,6 @@ class TuneReport:
         }
 
 
-def predict(
-    model: keras.Model,
-    data: Dataset,
-    *,
-    label: str,
-    batch_size: int = BATCH_SIZE,
-    advance: Advance | None = None,
-) -> np.ndarray:
-    """Run `model` once over the data, batched, and return its (single) output.
-
-    Raises:
-        DataError: Keras refuses the data (dtype, shape).
-        IncompatibleModelsError: The model yields NaN or inf.
-    """
-    import keras
-    import numpy as np
-
-    rows = data.rows
-    callbacks = []
-    if advance is not None:
-        report = advance
-
-        class _Progress(keras.callbacks.Callback):
-            def on_predict_batch_end(self, batch: int, logs: Any = None) -> None:
-                report(label, min((batch + 1) * batch_size, rows), rows)
-
-        report(label, 0, rows)
-        callbacks.append(_Progress())
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = model.predict(
-                data.model_input(), batch_size=batch_size, verbose=0, callbacks=callbacks
-            )
-    except (ValueError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise DataError(f"{label}: cannot run on {data.name}: {first}") from None
-    output = np.asarray(keras.tree.flatten(result)[0])
-    bad = int(output.size - np.count_nonzero(np.isfinite(output)))
-    if bad:
-        raise IncompatibleModelsError(
-            f"{label}: yields NaN or inf in {bad} values on {data.name}; it cannot be scored"
-        )
-    return output
-
-
-def _output_shape(model: keras.Model, label: str) -> tuple[int | None, ...]:
-    from fuse_cli.ensemble import output_specs
-
-    specs = output_specs(model)
-    if len(specs) != 1:
-        raise DataError(
-            f"{label}: has {len(specs)} outputs; evaluate and tune score models with one "
-            "output (class probabilities)"
-        )
-    return specs[0].shape
-
-
-def _labels_for(data: Dataset, shape: tuple[int | None, ...], label: str) -> np.ndarray | None:
-    """Class indices, or None while the class count is only known after predicting."""
-    from fuse_cli.data import class_labels
-
-    return class_labels(data, shape, label) if shape and shape[-1] is not None else None
-
-
-def _checked_labels(
-    data: Dataset, output: np.ndarray, found: np.ndarray | None, label: str
-) -> np.ndarray:
-    """Class indices that fit the actual output (its `None` dims now known)."""
-    from fuse_cli.data import class_labels
-
-    labels = found if found is not None else class_labels(data, output.shape[1:], label)
-    if labels.shape != output.shape[:-1]:
-        raise DataError(
-            f"{label}: outputs {output.shape} on {data.name}, which does not fit labels "
-            f"of shape {labels.shape}"
-        )
-    return labels
-
-
-def evaluate_files(
-    paths: Sequence[str | Path],
-    data_path: str | Path,
-    *,
-    batch_size: int = BATCH_SIZE,
-    unsafe: bool = False,
-    progress: Say | None = None,
-    advance: Advance | None = None,
-) -> EvaluationReport:
-    """Score each model (members or merged models alike) on a data file.
-
-    Models are loaded one at a time, run once over the data, and scored.
-
-    Args:
-        paths: One or more model files.
-        data_path: The .npz data file (see `fuse_cli.data`).
-        batch_size: Rows per predict batch.
-        unsafe: Allow code-carrying layers, as `fuse merge --unsafe`.
-        progress: Called with a short description before each slow step.
-        advance: Called with (model, rows done, rows in all) while predicting.
-
-    Returns:
-        Accuracy and log-loss per model.
-
-    Raises:
-        FuseError: A subclass carrying the exit code (DESIGN §5).
-    """
-    from fuse_cli.data import check_inputs, read_data
-    from fuse_cli.ensemble import input_specs
-    from fuse_cli.merge import file_labels  # not at import time: merge imports numpy
-    from fuse_cli.model_io import check_keras, check_model_path, load_model
-    from fuse_cli.search import are_probabilities, score
-
-    start = time.perf_counter()
-    say = progress or (lambda _message: None)
-    files = [Path(p) for p in paths]
-    if not files:
-        raise UsageError("give at least one model to evaluate")
-    _check_batch_size(batch_size)
-    data = read_data(data_path)
-    for path in files:
-        check_model_path(path)
-    check_keras()
-    import fuse_cli.layers  # noqa: F401  (merged models refer to its layers)
-
-    models, notes = [], []
-    for path, label in zip(files, file_labels(files), strict=True):
-        say(f"loading {path}")
-        model = load_model(path, unsafe=unsafe).model
-        shape = _output_shape(model, label)
-        check_inputs(data, input_specs(model), label)
-        found = _labels_for(data, shape, label)
-        say(f"predicting with {label}")
-        output = predict(model, data, label=label, batch_size=batch_size, advance=advance)
-        labels = _checked_labels(data, output, found, label)
-        scores = score(output, labels)
-        if not are_probabilities(output):
-            notes.append(f"{label}: outputs are not probabilities (values below 0 or above "
-                         "1 for one column): no log-loss")
-        models.append(ModelEvaluation(label, model.name, _shape_text(output.shape[1:]),
-                                      scores.accuracy, scores.log_loss))
-        del model
-    return EvaluationReport(
-        data=str(data.path),
-        rows=data.rows,
-        models=models,
-        elapsed_seconds=time.perf_counter() - start,
-        warnings=notes,
-    )
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(["None", *(str(d) for d in shape)]) + ")"
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1; got {batch_size}")
-
-
 def check_tune_options(out: Path, options: TuneOptions) -> None:
     """Check what can be checked before reading data or loading models.
 
@@ -323,7 +138,7 @@ def check_tune_options(out: Path, options: TuneOptions) -> None:
     """
     if not 0 <= options.holdout < 1:
         raise UsageError(f"--holdout must be at least 0 and below 1; got {options.holdout}")
-    _check_batch_size(options.batch_size)
+    check_batch_size(options.batch_size)
     plot = options.plot
     if plot is None:
         return
@@ -334,13 +149,9 @@ def check_tune_options(out: Path, options: TuneOptions) -> None:
         )
     if importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib: pip install 'fuse-cli[plot]'")
-    folder = plot.parent if str(plot.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"--plot {plot}: folder {folder} does not exist")
     if plot.resolve() == out.resolve():
         raise UsageError(f"--plot {plot}: is also the output model")
-    if (plot.exists() or plot.is_symlink()) and not options.force:
-        raise OutputError(f"--plot {plot}: already exists; pass --force to replace it")
+    check_destination(plot, [], force=options.force)
 
 
 def tune_files(
@@ -367,17 +178,6 @@ def tune_files(
     Raises:
         FuseError: A subclass carrying the exit code (DESIGN §5).
     """
-    from fuse_cli.data import SPLIT_SEED, read_data, split_rows
-    from fuse_cli.merge import (
-        MergeOptions,
-        check_options,
-        file_labels,
-        load_members,
-        merge_loaded,
-    )
-    from fuse_cli.model_io import check_output
-    from fuse_cli.search import Ensembler, as_rows, search_weights
-
     start = time.perf_counter()
     options = options or TuneOptions()
     say = progress or (lambda _message: None)
@@ -395,7 +195,7 @@ def tune_files(
     check_tune_options(out, options)
     check_output(out, files, force=options.force)
     data = read_data(data_path)
-    loaded = load_members(files, unsafe=options.unsafe, progress=say)
+    loaded = load_models(files, unsafe=options.unsafe, progress=say)
     labels = file_labels(files)
 
     outputs, y = _member_outputs(loaded, labels, data, options, say, advance)
@@ -450,9 +250,6 @@ def _provenance(
     held: PartScores | None,
 ) -> dict[str, Any]:
     """What the merged file records about its tuning (beside `fuse merge`'s keys)."""
-    from fuse_cli.data import SPLIT_SEED
-    from fuse_cli.model_io import sha256_of
-
     return {
         "metric": options.metric.value,
         "method": method,
@@ -473,18 +270,14 @@ def _member_outputs(
     advance: Advance | None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Check every member against the data, then run each once; outputs and labels."""
-    from fuse_cli.data import check_inputs
-    from fuse_cli.ensemble import check_nonnegative, check_outputs, input_specs
-    from fuse_cli.search import are_probabilities
-
     models = [m.model for m in loaded]
     heads = check_outputs(models, labels)
     if options.mode is Mode.PRODUCT:
         check_nonnegative(models, labels, assume=options.assume_nonnegative)
-    _output_shape(models[0], labels[0])
+    output_shape(models[0], labels[0])
     for model, label in zip(models, labels, strict=True):
         check_inputs(data, input_specs(model), label)
-    found = _labels_for(data, heads[0].shape, labels[0])
+    found = labels_for(data, heads[0].shape, labels[0])
 
     outputs: list[np.ndarray] = []
     for model, label in zip(models, labels, strict=True):
@@ -508,14 +301,12 @@ def _member_outputs(
                 "use --metric accuracy"
             )
         outputs.append(output)
-    return outputs, _checked_labels(data, outputs[0], found, labels[0])
+    return outputs, checked_labels(data, outputs[0], found, labels[0])
 
 
 def _ensemble_output(
     outputs: Sequence[np.ndarray], rows: np.ndarray, weights: Sequence[float], options: TuneOptions
 ) -> np.ndarray:
-    from fuse_cli.verification import reference
-
     members = [[o[rows]] for o in outputs]
     return reference(members, weights, options.mode, options.renormalize)[0]
 
@@ -528,8 +319,6 @@ def _part_scores(
     options: TuneOptions,
 ) -> PartScores:
     """Exact scores (float64, the formula of DESIGN §2) on the given rows."""
-    from fuse_cli.search import score
-
     labels = y[rows]
     equal = [1 / len(outputs)] * len(outputs)
     return PartScores(
@@ -548,8 +337,6 @@ def _path_scores(
     mode: Mode,
 ) -> list[dict[str, Any]]:
     """The search path with its fit scores and, computed afterwards, its held-out scores."""
-    from fuse_cli.search import Ensembler, as_rows
-
     held: list[dict[str, float | None]] | list[None] = [None] * len(result.path)
     if len(held_rows):
         part = Ensembler([as_rows(o[held_rows]) for o in outputs], y[held_rows], mode)
@@ -599,13 +386,13 @@ def _tune_warnings(
 def plot_search(report: TuneReport, chosen: int, path: Path) -> None:
     """Draw the score along the search (two members: against the first weight).
 
-    Written atomically, like the model. Needs matplotlib (`pip install
+    Written through `fuse_cli.files.publish`, like the model. Needs matplotlib (`pip install
     'fuse-cli[plot]'`).
 
     Raises:
         OutputError: The file cannot be written.
     """
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # optional: the plot extra
 
     metric = report.metric
     points = report.path
@@ -626,14 +413,4 @@ def plot_search(report: TuneReport, chosen: int, path: Path) -> None:
     axes.set_ylabel(metric.replace("_", "-"))
     axes.set_title(f"fuse tune: {report.merge.mode}, {len(report.files)} members")
     axes.legend()
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=folder)
-    os.close(fd)
-    try:
-        figure.savefig(name)
-        os.replace(name, path)
-    except OSError as exc:
-        raise OutputError(f"--plot {path}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
+    publish(path, lambda tmp: figure.savefig(tmp), label=f"--plot {path}")

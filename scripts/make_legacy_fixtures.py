@@ -54,7 +54,7 @@ class Fixture:
     input_shape: tuple[int, ...]
     form: str
     keras3_plain: str
-    rules: tuple[str, ...]  # the fuse_cli.legacy rules its migration needs
+    rules: tuple[str, ...]  # the fuse_cli.formats.legacy_rules rules its migration needs
     rewrite_as: str | None = None  # the Keras version whose config form is emulated
 
 
@@ -390,7 +390,7 @@ def render_rules(manifest: dict[str, Any]) -> str:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from fuse_cli import legacy  # pure Python: imports neither Keras nor TensorFlow
+    from fuse_cli.formats import legacy_rules as legacy  # pure Python: no Keras, no TensorFlow
 
     entries = []
     for rule in legacy.RULES:
@@ -450,7 +450,7 @@ the predictions. Files were saved with tf-keras's `model.save(..., save_format="
 | --- | --- | --- | --- | --- | --- |
 {table}
 
-## The rewrite rules (fuse_cli/legacy.py) and the writers they cover
+## The rewrite rules (fuse_cli/formats/legacy_rules.py) and the writers they cover
 
 Applied in this order, each only when plain Keras 3 failed on the file (or, for
 `sequential_input_layer`, would misread it silently):

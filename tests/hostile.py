@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import keras
 import numpy as np
-from conftest import dense_classifier
+from helpers import dense_classifier
 
 Builder = Callable[[Path, Path], Path]
 

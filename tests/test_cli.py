@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import dense_classifier, load, predict
+from helpers import dense_classifier, load, predict
 from typer.testing import CliRunner
 
 from fuse_cli import layers

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuse_cli.errors import ModelLoadError
-from fuse_cli.model_io import LoadedModel, load_model
+from fuse_cli.formats import LoadedModel, load_model
 
 # (offset fraction, new byte) pairs: where to flip and what to write
 MUTATIONS = st.lists(

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from fuse_cli.cli import app
 from fuse_cli.errors import ModelLoadError
-from fuse_cli.model_io import load_model
+from fuse_cli.formats import load_model
 
 
 def sha256(path: Path) -> str:

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from fuse_cli import __version__
 from fuse_cli.cli import app
 from fuse_cli.ensemble import build_ensemble
+from fuse_cli.formats import sha256_of
 from fuse_cli.merge import MergeOptions, merge_files
-from fuse_cli.model_io import sha256_of
 
 
 @pytest.fixture(scope="module")

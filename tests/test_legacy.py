@@ -25,9 +25,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from fuse_cli import legacy  # noqa: E402
 from fuse_cli.errors import ModelLoadError  # noqa: E402
-from fuse_cli.legacy import load_legacy_h5, migrate_config  # noqa: E402
+from fuse_cli.formats import hdf5, legacy_rules  # noqa: E402
+from fuse_cli.formats.hdf5 import load_legacy_h5  # noqa: E402
+from fuse_cli.formats.legacy_rules import migrate_config  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -146,7 +147,7 @@ def test_fixture_applies_the_expected_rules(
 @pytest.mark.parametrize("name", sorted(KERAS_3_15_1_PLAIN))
 def test_plain_keras_refuses_each_fixture(name: str, no_lambda_code: list[str]) -> None:
     with pytest.raises((TypeError, ValueError)) as info:
-        legacy._plain_load(fixture_path(name), safe_mode=True)
+        hdf5._plain_load(fixture_path(name), safe_mode=True)
     assert KERAS_3_15_1_PLAIN[name] in str(info.value)
 
 
@@ -294,7 +295,7 @@ def test_a_silent_misread_is_migrated_even_though_keras_loads_it(tmp_path: Path)
         layer.create_dataset("dense_1/kernel:0", data=kernel)
         layer.create_dataset("dense_1/bias:0", data=bias)
 
-    misread = legacy._plain_load(path, safe_mode=True)
+    misread = hdf5._plain_load(path, safe_mode=True)
     assert misread.input_shape == (None, None, 4)
 
     model, rules = load_legacy_h5(path, safe_mode=True)
@@ -323,13 +324,13 @@ def test_lambda_is_refused_on_the_migrated_path_too(
     monkeypatch: pytest.MonkeyPatch, no_lambda_code: list[str]
 ) -> None:
     built: list[bool] = []
-    original = legacy._build_from_config
+    original = hdf5._build_from_config
 
     def spy(config: dict[str, Any], *, safe_mode: bool) -> keras.Model:
         built.append(safe_mode)
         return original(config, safe_mode=safe_mode)
 
-    monkeypatch.setattr(legacy, "_build_from_config", spy)
+    monkeypatch.setattr(hdf5, "_build_from_config", spy)
     with pytest.raises(ModelLoadError, match="--unsafe"):
         load_legacy_h5(fixture_path("lambda_keras20_list"), safe_mode=True)
     assert built == [True]  # plain Keras failed first; the migrated build refused the Lambda
@@ -352,8 +353,8 @@ def test_unsafe_mode_loads_the_migrated_lambda(monkeypatch: pytest.MonkeyPatch) 
 def test_rules_leave_lambda_code_untouched() -> None:
     config = read_config(fixture_path("lambda_keras20_list"))
     migrated, _ = migrate_config(config)
-    before = [o for o in legacy._objects(config) if o["class_name"] == "Lambda"]
-    after = [o for o in legacy._objects(migrated) if o["class_name"] == "Lambda"]
+    before = [o for o in legacy_rules.objects(config) if o["class_name"] == "Lambda"]
+    after = [o for o in legacy_rules.objects(migrated) if o["class_name"] == "Lambda"]
     assert len(before) == len(after) == 1
     assert after[0] == before[0]
 
@@ -395,7 +396,7 @@ def test_time_major_true_is_not_migrated(tmp_path: Path) -> None:
     path = tmp_path / "time_major.h5"
     shutil.copy(fixture_path("rnn_time_major"), path)
     config = read_config(path)
-    for obj in legacy._objects(config):
+    for obj in legacy_rules.objects(config):
         if obj["class_name"] in ("GRU", "LSTM", "SimpleRNN"):
             obj["config"]["time_major"] = True
     write_config(path, config)
@@ -436,22 +437,22 @@ def sequential(*layers: dict[str, Any], name: str = "seq") -> dict[str, Any]:
 
 def test_rule_sequential_list_config() -> None:
     config = {"class_name": "Sequential", "config": [layer("Dense", name="d", units=2)]}
-    assert legacy.rule_sequential_list_config(config)
+    assert legacy_rules.rule_sequential_list_config(config)
     assert config["config"] == {"name": "sequential", "layers": [layer("Dense", name="d", units=2)]}
-    assert not legacy.rule_sequential_list_config(config)
+    assert not legacy_rules.rule_sequential_list_config(config)
 
 
 def test_rule_sequential_list_config_keeps_a_recorded_nested_name() -> None:
     nested = {"class_name": "Sequential", "name": "head", "config": [layer("Dense", name="d")]}
     config = {"class_name": "Functional", "config": {"name": "m", "layers": [nested]}}
-    assert legacy.rule_sequential_list_config(config)
+    assert legacy_rules.rule_sequential_list_config(config)
     assert nested["config"]["name"] == "head"
 
 
 def test_rule_sequential_input_layer() -> None:
     first = layer("Conv2D", name="conv2d_1", batch_input_shape=[None, 60, 60, 1], dtype="float32")
     config = sequential(first, layer("Flatten", name="flatten_1"))
-    assert legacy.rule_sequential_input_layer(config)
+    assert legacy_rules.rule_sequential_input_layer(config)
     layers = config["config"]["layers"]
     assert layers[0] == layer(
         "InputLayer",
@@ -461,13 +462,13 @@ def test_rule_sequential_input_layer() -> None:
         name="conv2d_1_input",
     )
     assert layers[1] is first
-    assert not legacy.rule_sequential_input_layer(config)
+    assert not legacy_rules.rule_sequential_input_layer(config)
 
 
 def test_rule_sequential_input_layer_reads_through_a_nested_first_model() -> None:
     inner = sequential(layer("Dense", name="d", batch_input_shape=[None, 4]), name="inner")
     outer = sequential(inner, layer("Dense", name="e"), name="outer")
-    assert legacy.rule_sequential_input_layer(outer)
+    assert legacy_rules.rule_sequential_input_layer(outer)
     for model, first in ((outer, "inner_input"), (inner, "d_input")):
         input_layer = model["config"]["layers"][0]
         assert input_layer["class_name"] == "InputLayer"
@@ -477,9 +478,9 @@ def test_rule_sequential_input_layer_reads_through_a_nested_first_model() -> Non
 
 def test_rule_sequential_input_layer_leaves_models_without_a_declared_shape() -> None:
     config = sequential(layer("Dense", name="d", units=2))
-    assert not legacy.rule_sequential_input_layer(config)
+    assert not legacy_rules.rule_sequential_input_layer(config)
     with_input = sequential(layer("InputLayer", batch_input_shape=[None, 2]), layer("Dense"))
-    assert not legacy.rule_sequential_input_layer(with_input)
+    assert not legacy_rules.rule_sequential_input_layer(with_input)
 
 
 def test_rule_keras2_module_paths() -> None:
@@ -494,12 +495,12 @@ def test_rule_keras2_module_paths() -> None:
     wrapped = {"module": "keras.layers", "class_name": "LSTM", "config": {}}
     bidir = layer("Bidirectional", layer=wrapped)
     config = sequential(sequential(functional, custom, bidir))
-    assert legacy.rule_keras2_module_paths(config)
+    assert legacy_rules.rule_keras2_module_paths(config)
     assert functional.keys() == {"class_name", "config"}
     assert conv.keys() == {"class_name", "config"}
     assert custom["module"] == "mypkg"  # custom objects stay as stored
     assert wrapped["module"] == "keras.layers"  # a wrapper's layer is not a model's entry
-    assert not legacy.rule_keras2_module_paths(config)
+    assert not legacy_rules.rule_keras2_module_paths(config)
 
 
 def test_rule_conv_groups() -> None:
@@ -508,10 +509,10 @@ def test_rule_conv_groups() -> None:
     grouped = layer("SeparableConv2D", name="s", groups=2)
     conv = layer("Conv2D", name="c", groups=1)  # Keras 3's Conv2D takes `groups`
     config = sequential(depthwise, transpose, grouped, conv)
-    assert legacy.rule_conv_groups(config)
+    assert legacy_rules.rule_conv_groups(config)
     assert "groups" not in depthwise["config"] and "groups" not in transpose["config"]
     assert grouped["config"]["groups"] == 2 and conv["config"]["groups"] == 1
-    assert not legacy.rule_conv_groups(config)
+    assert not legacy_rules.rule_conv_groups(config)
 
 
 def test_rule_separable_conv_kernel_arguments() -> None:
@@ -524,20 +525,20 @@ def test_rule_separable_conv_kernel_arguments() -> None:
         depthwise_initializer="glorot_uniform",
     )
     config = sequential(separable, layer("Conv2D", name="c", kernel_initializer="zeros"))
-    assert legacy.rule_separable_conv_kernel_arguments(config)
+    assert legacy_rules.rule_separable_conv_kernel_arguments(config)
     assert separable["config"] == {"name": "s", "depthwise_initializer": "glorot_uniform"}
     assert config["config"]["layers"][1]["config"]["kernel_initializer"] == "zeros"
-    assert not legacy.rule_separable_conv_kernel_arguments(config)
+    assert not legacy_rules.rule_separable_conv_kernel_arguments(config)
 
 
 def test_rule_spatial_dropout_arguments() -> None:
     dropout = layer("SpatialDropout2D", name="sd", trainable=True, rate=0.2, noise_shape=None)
     plain = layer("Dropout", name="d", trainable=True, rate=0.2, noise_shape=None)
     config = sequential(dropout, plain)
-    assert legacy.rule_spatial_dropout_arguments(config)
+    assert legacy_rules.rule_spatial_dropout_arguments(config)
     assert dropout["config"] == {"name": "sd", "rate": 0.2}
     assert "trainable" in plain["config"]
-    assert not legacy.rule_spatial_dropout_arguments(config)
+    assert not legacy_rules.rule_spatial_dropout_arguments(config)
 
 
 def test_rule_rnn_time_major() -> None:
@@ -546,20 +547,22 @@ def test_rule_rnn_time_major() -> None:
     major = layer("SimpleRNN", time_major=True)
     zero = layer("LSTM", time_major=0)  # not the boolean Keras 2 wrote: left alone
     config = sequential(layer("Bidirectional", layer=inner), gru, major, zero)
-    assert legacy.rule_rnn_time_major(config)
+    assert legacy_rules.rule_rnn_time_major(config)
     assert inner["config"] == {} and gru["config"] == {}
     assert major["config"] == {"time_major": True} and zero["config"] == {"time_major": 0}
-    assert not legacy.rule_rnn_time_major(config)
+    assert not legacy_rules.rule_rnn_time_major(config)
 
 
 def test_every_rule_is_registered_once_and_documented() -> None:
-    names = [legacy.rule_name(rule) for rule in legacy.RULES]
+    names = [legacy_rules.rule_name(rule) for rule in legacy_rules.RULES]
     assert len(set(names)) == len(names)
     defined = {
-        n.removeprefix("rule_") for n in dir(legacy) if n.startswith("rule_") and n != "rule_name"
+        n.removeprefix("rule_")
+        for n in dir(legacy_rules)
+        if n.startswith("rule_") and n != "rule_name"
     }
     assert set(names) == defined
-    for rule in legacy.RULES:
+    for rule in legacy_rules.RULES:
         doc = rule.__doc__ or ""
         assert "Writers:" in doc and "Keras 3.15.1" in doc, rule.__name__
 
@@ -578,7 +581,10 @@ def test_migrate_config_is_pure_and_idempotent(name: str) -> None:
 def test_importing_legacy_does_not_import_keras() -> None:
     import subprocess
 
-    code = "import sys, fuse_cli.legacy; print('keras' in sys.modules, 'tensorflow' in sys.modules)"
+    code = (
+        "import sys, fuse_cli.formats.legacy_rules; "
+        "print('keras' in sys.modules, 'tensorflow' in sys.modules)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import dense_classifier, load, predict
+from helpers import dense_classifier, load, predict
 
 from fuse_cli.ensemble import InputsMode, Mode, build_ensemble, last_activations
 from fuse_cli.errors import IncompatibleModelsError, UsageError
@@ -233,11 +233,13 @@ def test_check_batch_shrinks_for_large_inputs() -> None:
 
 
 def test_cached_skipsets_are_the_ones_keras_computes() -> None:
-    """The skipset cache (a Keras key mix-up, see model_io) holds Keras's own sets and is hit."""
+    """The skipset cache (a Keras key mix-up, see formats._keras_private) holds Keras's own
+    sets and is hit."""
     from keras.src.backend.common import global_state
     from keras.src.saving import saving_lib
 
-    from fuse_cli.model_io import _WALKED_TYPES, cache_keras_skipsets
+    from fuse_cli.formats._keras_private import WALKED_TYPES as _WALKED_TYPES
+    from fuse_cli.formats._keras_private import cache_keras_skipsets
 
     for obj_type in _WALKED_TYPES:  # start from Keras's own state: nothing cached
         for key in ("skiplist", "skipset"):
@@ -258,7 +260,7 @@ def test_skipset_cache_steps_aside_when_keras_internals_move(
     from keras.src.backend.common import global_state
     from keras.src.saving import saving_lib
 
-    from fuse_cli.model_io import cache_keras_skipsets
+    from fuse_cli.formats._keras_private import cache_keras_skipsets
 
     monkeypatch.delattr(saving_lib, "get_attr_skipset")
     global_state.set_global_attribute("saving_attr_skiplist_Layer", None)

@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import load, predict
+from helpers import load, predict
 from typer.testing import CliRunner
 
 from fuse_cli.cli import app

@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from conftest import load, predict
+from helpers import load, predict
 
 CHILD = textwrap.dedent(
     """

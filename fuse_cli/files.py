@@ -1,0 +1,253 @@
+"""Writing files: the checks on every output path and the one `publish` every write uses.
+
+Everything fuse writes (merged models, exported artifacts, plots, data) goes through
+`publish`: the content is written to a temporary name in the destination folder,
+flushed and fsynced, checked, given the same permissions (`0644`/`0755` less the
+umask), then renamed into place. A crash, a full disk or a failed check leaves the old
+file (or none), never a torn or unchecked one. The temporary names are fuse's own
+(`.<name>.fuse-<pid>-<random>.tmp<suffix>`), so the leftovers of a killed run are
+recognised and removed by the next write to the same destination, and nothing else is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fuse_cli.errors import OutputError, UsageError
+
+Writer = Callable[[Path], object]
+Check = Callable[[Path], object]
+
+_TEMP_MARK = "fuse-"
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def folder_of(path: Path) -> Path:
+    """The folder `path` is written into (`.` for a bare name)."""
+    return path.parent if str(path.parent) else Path(".")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` name the same file: same resolved path, or same inode."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def check_output_folder(out: Path, inputs: Sequence[Path]) -> None:
+    """Check that `out` can be created: its folder exists and is writable, and it is
+    none of the inputs.
+
+    Raises:
+        OutputError: Naming the folder or the input.
+    """
+    folder = folder_of(out)
+    if not folder.is_dir():
+        raise OutputError(f"{out}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: output folder {folder} is not writable")
+    for source in inputs:
+        if same_file(out, source):
+            raise OutputError(f"{out}: is also an input; fuse never overwrites its inputs")
+
+
+def check_output(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
+    """Check a merged model's output path before any model is loaded.
+
+    Raises:
+        UsageError: Unknown output extension.
+        OutputError: Folder missing or not writable, OUT exists without `force`,
+            OUT is a directory, or OUT is one of the inputs.
+    """
+    if out.suffix.lower() not in MODEL_SUFFIXES:
+        raise UsageError(
+            f"{out}: output must end in .keras (default format), .h5 or .hdf5; "
+            f"got {out.suffix or 'no extension'!r}"
+        )
+    check_destination(out, inputs, force=force)
+
+
+def check_destination(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
+    """Check that a file can be written at `out` before anything is loaded.
+
+    Raises:
+        OutputError: Folder missing or not writable, `out` exists without `force`,
+            is a directory, or is one of the inputs.
+    """
+    check_output_folder(out, inputs)
+    if out.is_dir():
+        raise OutputError(f"{out}: is a directory")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise OutputError(f"{out}: already exists; pass --force to replace it")
+
+
+def publish(
+    out: Path,
+    write: Writer,
+    *,
+    check: Check | None = None,
+    directory: bool = False,
+    suffix: str | None = None,
+    label: str | None = None,
+) -> int:
+    """Write `out` through a temporary sibling, then rename it into place.
+
+    Args:
+        out: The destination.
+        write: Called with the temporary path; writes the content there (a file, or a
+            folder's content when `directory`).
+        check: Called with the temporary path once written and fsynced; whatever it
+            raises aborts the write, leaving `out` as it was.
+        directory: The content is a folder (a SavedModel): an old folder is moved aside
+            and removed only once the new one is in place.
+        suffix: The temporary file's last suffix, for writers that insist on one
+            (default: `out`'s own).
+        label: How `out` is named in messages (default: the path).
+
+    Returns:
+        The size of what was written, in bytes (a folder: its files added up).
+
+    Raises:
+        OutputError: The content cannot be written (disk full, permissions, ...).
+    """
+    folder = folder_of(out)
+    shown = label or str(out)
+    remove_stale_temporaries(out)
+    tmp = _temporary(out, directory=directory, suffix=suffix)
+    try:
+        write(tmp)
+        fsync_tree(tmp)
+        if check is not None:
+            check(tmp)
+        mask = current_umask()
+        os.chmod(tmp, (0o755 if directory else 0o644) & ~mask)
+        _rename_into_place(tmp, out, folder)
+        fsync_dir(folder)
+    except OSError as exc:
+        raise OutputError(f"{shown}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        remove_path(tmp)
+    return size_of(out)
+
+
+def _temporary(out: Path, *, directory: bool, suffix: str | None) -> Path:
+    prefix = f".{out.name}.{_TEMP_MARK}{os.getpid()}-"
+    folder = folder_of(out)
+    if directory:
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=folder))
+    fd, name = tempfile.mkstemp(
+        prefix=prefix, suffix=f".tmp{suffix if suffix is not None else out.suffix}", dir=folder
+    )
+    os.close(fd)
+    return Path(name)
+
+
+def _rename_into_place(tmp: Path, out: Path, folder: Path) -> None:
+    if tmp.is_file() and not out.is_dir():
+        os.replace(tmp, out)
+        return
+    # A folder cannot be renamed over a non-empty folder: move the old one aside first,
+    # and back if the new one cannot take its place.
+    aside = None
+    if out.exists() or out.is_symlink():
+        aside = folder / f".{out.name}.{_TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.old"
+        os.rename(out, aside)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if aside is not None:
+            os.rename(aside, out)
+        raise
+    if aside is not None:
+        remove_path(aside)
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove what a killed fuse run left beside `out`: its own temporary names only.
+
+    A name counts only if it is `.<out name>.fuse-<pid>-<random>.tmp...` or `.old`, and
+    the process `<pid>` is no longer running (a concurrent fuse run keeps its files).
+
+    Returns:
+        The paths removed.
+    """
+    pattern = re.compile(
+        rf"^\.{re.escape(out.name)}\.{_TEMP_MARK}(\d+)-[A-Za-z0-9_]+(\.tmp(\.[A-Za-z0-9]+)?|\.old)$"
+    )
+    removed: list[Path] = []
+    try:
+        entries = list(folder_of(out).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = pattern.match(entry.name)
+        if found and not _process_alive(int(found.group(1))):
+            remove_path(entry)
+            removed.append(entry)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync a file, or every file and folder under a folder."""
+    if path.is_file():
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        return
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb+") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(root))
+
+
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder, so a rename in it survives a crash (best effort)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a folder tree, quietly if it is already gone."""
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def size_of(path: Path) -> int:
+    """A file's size, or a folder's files added up, in bytes."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -1,0 +1,168 @@
+"""Reading model files: one `load_model` over the per-format readers.
+
+Model files are programs. Every file is checked before Keras sees it (`screening`: a
+regular file, a format decided by its first bytes, not its name, a zip archive holding
+only what a `.keras` archive holds, an HDF5 file without links or storage outside
+itself, a config naming only Keras). Keras then loads it with `compile=False` and safe
+mode on, from the same open file that was checked (`keras_zip`, `hdf5`); legacy files
+go through the rewrite rules of `legacy_rules`. Every failure is one `ModelLoadError`
+(exit 3) naming the file, classified in one place (`failures`). Private Keras symbols
+are used only through `_keras_private`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fuse_cli.errors import ModelLoadError, UsageError
+from fuse_cli.formats._keras_private import cache_keras_skipsets
+from fuse_cli.formats.hdf5 import load_hdf5
+from fuse_cli.formats.keras_zip import load_keras_zip
+from fuse_cli.formats.screening import HEAD_BYTES, Format, check_model_path, sniff_format
+
+if TYPE_CHECKING:
+    import keras
+
+MIN_KERAS = (3, 15, 1)
+
+Progress = Callable[[str], None]
+
+__all__ = [
+    "MIN_KERAS",
+    "LoadedModel",
+    "cache_keras_skipsets",
+    "check_keras",
+    "check_model_path",
+    "load_model",
+    "load_models",
+    "sha256_of",
+]
+
+
+@dataclass
+class LoadedModel:
+    """A member model and what fuse learned while loading it.
+
+    Attributes:
+        path: The file as the user named it.
+        model: The Keras model.
+        format: `"keras"` (zip archive) or `"h5"` (legacy HDF5), decided by content.
+        sha256: Hex digest of the file's bytes.
+        size: The file's size in bytes.
+        keras_version: The Keras version that wrote the file, when recorded.
+        migrations: Legacy rewrite rules applied to load the file.
+    """
+
+    path: Path
+    model: keras.Model
+    format: Format
+    sha256: str
+    size: int
+    keras_version: str | None = None
+    migrations: list[str] = field(default_factory=list)
+
+
+def check_keras() -> None:
+    """Make sure Keras 3 at a release with the known loading CVEs fixed is in use.
+
+    Raises:
+        UsageError: Legacy Keras is selected or the installed Keras is too old.
+    """
+    if os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in {"1", "true", "yes"}:
+        raise UsageError(
+            "TF_USE_LEGACY_KERAS is set: fuse needs Keras 3; unset it "
+            "(e.g. `env -u TF_USE_LEGACY_KERAS fuse ...`)"
+        )
+    import keras
+
+    version = _version_tuple(keras.__version__)
+    if version < MIN_KERAS:
+        floor = ".".join(map(str, MIN_KERAS))
+        raise UsageError(
+            f"Keras {keras.__version__} is installed; fuse needs keras>={floor} "
+            f"(pip install 'keras>={floor}')"
+        )
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = re.match(r"\d+", piece)
+        parts.append(int(digits.group()) if digits else 0)
+    return tuple(parts)
+
+
+def sha256_of(path: Path) -> str:
+    """Return the hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(path: Path, *, unsafe: bool = False) -> LoadedModel:
+    """Check and load one model file with `compile=False`.
+
+    Args:
+        path: The model file (`.keras` archive or legacy HDF5, whatever its name).
+        unsafe: Turn Keras's safe mode off, allowing code-carrying layers such as
+            `Lambda`. Only for files the user trusts.
+
+    Returns:
+        The loaded model with its provenance.
+
+    Raises:
+        ModelLoadError: The file is missing, unreadable, corrupt, not a model, or
+            carries content that safe mode refuses.
+    """
+    check_model_path(path)
+    cache_keras_skipsets()
+    try:
+        with open(path, "rb") as f:
+            fmt = sniff_format(f.read(HEAD_BYTES), path)
+            f.seek(0)
+            reader = load_keras_zip if fmt == "keras" else load_hdf5
+            model, version, migrations = reader(f, path, unsafe=unsafe)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"{path}: holds a {type(model).__name__}, not a model")
+    if not model.inputs:
+        raise ModelLoadError(f"{path}: the model has no defined inputs (was it ever built?)")
+    return LoadedModel(
+        path=path,
+        model=model,
+        format=fmt,
+        sha256=sha256_of(path),
+        size=path.stat().st_size,
+        keras_version=version,
+        migrations=migrations,
+    )
+
+
+def load_models(
+    paths: Sequence[Path], *, unsafe: bool = False, progress: Progress | None = None
+) -> list[LoadedModel]:
+    """Check every path and the Keras install first, then load each file in order.
+
+    Raises:
+        ModelLoadError: The first file that cannot be loaded.
+    """
+    for path in paths:
+        check_model_path(path)
+    check_keras()
+    say = progress or (lambda _message: None)
+    loaded = []
+    for path in paths:
+        say(f"loading {path}")
+        loaded.append(load_model(path, unsafe=unsafe))
+    return loaded

@@ -1,0 +1,125 @@
+"""Every private Keras symbol fuse uses, in one place.
+
+Keras 3 has no public entry point for some of what fuse needs: loading a `.keras`
+archive from an already-checked open file, the legacy (Keras 2) HDF5 loader and config
+deserializer, Keras's guarded HDF5 reads. They live under `keras.src`, which a Keras 3.x
+release may move. Each one is looked up here, by name, when it is needed; a symbol that
+moved becomes one clear line naming the installed Keras version (exit 2: the
+installation, not the user's file, is at fault) instead of a crash or a file blamed for
+it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fuse_cli.errors import UsageError
+
+SAVING_LIB = "keras.src.saving.saving_lib"
+SERIALIZATION_LIB = "keras.src.saving.serialization_lib"
+LEGACY_H5_FORMAT = "keras.src.legacy.saving.legacy_h5_format"
+LEGACY_JSON_UTILS = "keras.src.legacy.saving.json_utils"
+LEGACY_SAVING_OPTIONS = "keras.src.legacy.saving.saving_options"
+LEGACY_SAVING_UTILS = "keras.src.legacy.saving.saving_utils"
+GLOBAL_STATE = "keras.src.backend.common.global_state"
+
+
+class KerasInternalsError(UsageError):
+    """The installed Keras lacks an internal that fuse relies on (exit 2)."""
+
+
+def private(module: str, name: str) -> Any:
+    """Return `module.name` from Keras's private package.
+
+    Raises:
+        KerasInternalsError: The module or the name is not there in the installed Keras.
+    """
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise KerasInternalsError(
+            f"the installed Keras {_keras_version()} has no {module}.{name}, which fuse "
+            "needs to load model files safely; install a Keras release fuse supports "
+            "(pip install 'keras>=3.15.1,<4') or upgrade fuse-cli"
+        ) from None
+
+
+def _keras_version() -> str:
+    try:
+        import keras
+
+        return str(keras.__version__)
+    except ImportError:
+        return "(not importable)"
+
+
+# --- the calls fuse makes ---------------------------------------------------------------
+
+
+def load_keras_archive(fileobj: Any, *, safe_mode: bool) -> Any:
+    """`saving_lib.load_model` on an open `.keras` archive, as `keras.saving.load_model`."""
+    load = private(SAVING_LIB, "load_model")
+    return load(fileobj, custom_objects=None, compile=False, safe_mode=safe_mode)
+
+
+def load_legacy_hdf5(source: Any, *, safe_mode: bool) -> Any:
+    """What `keras.saving.load_model` runs for a `.h5` path, on an open h5py file."""
+    load = private(LEGACY_H5_FORMAT, "load_model_from_hdf5")
+    return load(source, custom_objects=None, compile=False, safe_mode=safe_mode)
+
+
+def legacy_model_from_config(config_json: str, *, safe_mode: bool) -> Any:
+    """Build a model from a legacy (Keras 2) config, as Keras's H5 loader does.
+
+    Runs Keras's legacy deserializer under the same legacy-config and safe-mode scopes
+    as `keras.saving.load_model` for `.h5` files; a Lambda is refused there exactly as on
+    the plain path.
+    """
+    decode = private(LEGACY_JSON_UTILS, "decode")
+    option_scope = private(LEGACY_SAVING_OPTIONS, "keras_option_scope")
+    model_from_config = private(LEGACY_SAVING_UTILS, "model_from_config")
+    safe_mode_scope = private(SERIALIZATION_LIB, "SafeModeScope")
+    decoded = decode(config_json)
+    with option_scope(use_legacy_config=True), safe_mode_scope(safe_mode):
+        return model_from_config(decoded, custom_objects=None)
+
+
+def safe_h5_group(parent: Any, name: str) -> Any:
+    """Keras's guarded group read: no external/soft links."""
+    return private(SAVING_LIB, "safe_get_h5_group")(parent, name)
+
+
+def safe_h5_dataset(parent: Any, name: str) -> Any:
+    """Keras's guarded dataset read: no external/soft links, virtual or "bomb" datasets."""
+    return private(SAVING_LIB, "safe_get_h5_dataset")(parent, name)
+
+
+# The object types whose attribute skipsets Keras's `.keras` saving and loading look up
+# for every layer they walk (`saving_lib._walk_saveable`).
+WALKED_TYPES = ("Operation", "Layer", "Functional", "Sequential")
+
+
+def cache_keras_skipsets() -> None:
+    """Cache the attribute skipsets that Keras recomputes for every layer it saves or loads.
+
+    `keras.src.saving.saving_lib.get_attr_skipset` (Keras 3.15.1) stores its result
+    under `saving_attr_skipset_<type>` but looks it up under `saving_attr_skiplist_<type>`,
+    so the cache never hits: each layer walked builds a throwaway `Layer()` and lists
+    its attributes (measured: 0.5 s of a 2.6 s load plus save of a two-MobileNetV2
+    ensemble).
+    This stores Keras's own result under the key Keras reads; the sets are the same,
+    only computed once. Harmless once Keras fixes the key (then unused), and skipped if
+    a later Keras moves these internals: it only saves time, so unlike the loaders above
+    it never fails.
+    """
+    try:
+        get_attribute = private(GLOBAL_STATE, "get_global_attribute")
+        set_attribute = private(GLOBAL_STATE, "set_global_attribute")
+        get_skipset = private(SAVING_LIB, "get_attr_skipset")
+        for obj_type in WALKED_TYPES:
+            key = f"saving_attr_skiplist_{obj_type}"
+            if get_attribute(key) is None:
+                set_attribute(key, get_skipset(obj_type))
+    except (KerasInternalsError, AttributeError, ValueError):
+        return

@@ -1,0 +1,54 @@
+"""`.keras` archives: screened member by member, then loaded from the same open file."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from fuse_cli.errors import ModelLoadError
+from fuse_cli.formats import _keras_private
+from fuse_cli.formats.failures import keras_errors
+from fuse_cli.formats.screening import check_archive_weights, check_config, check_keras_archive
+
+if TYPE_CHECKING:
+    import keras
+
+
+def load_keras_zip(
+    f: IO[bytes], path: Path, *, unsafe: bool
+) -> tuple[keras.Model, str | None, list[str]]:
+    """Check a `.keras` archive and load it with `compile=False`.
+
+    Returns:
+        The model, the writer's Keras version (if recorded) and no migrations.
+
+    Raises:
+        ModelLoadError: A refused or corrupt archive, or one Keras cannot load.
+    """
+    try:
+        with zipfile.ZipFile(f) as zf:
+            check_keras_archive(zf, path)
+            check_archive_weights(zf, path)
+            metadata = _read_json_member(zf, "metadata.json")
+            config = _read_json_member(zf, "config.json")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise ModelLoadError(f"{path}: corrupt .keras archive: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: config.json is not a JSON object: not a Keras model")
+    check_config(config, path)
+    f.seek(0)
+    with keras_errors(path):
+        model = _keras_private.load_keras_archive(f, safe_mode=not unsafe)
+    version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+    return model, version, []
+
+
+def _read_json_member(zf: zipfile.ZipFile, name: str) -> Any:
+    if name not in zf.namelist():
+        return None
+    try:
+        return json.loads(zf.read(name))
+    except (ValueError, UnicodeDecodeError):
+        return None

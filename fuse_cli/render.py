@@ -1,0 +1,272 @@
+"""The human-readable reports and progress displays: everything fuse shows on a terminal.
+
+`cli.py` decides what to show (a report, JSON, an error) and this module shows it;
+the two are the only modules that write to the terminal. Text that comes from a file
+(names, versions, provenance) is escaped before Rich sees it, so it prints literally.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from fuse_cli.evaluation import EvaluationReport
+    from fuse_cli.export import ExportReport
+    from fuse_cli.inspection import InspectReport, ModelInfo
+    from fuse_cli.report import MergeReport
+    from fuse_cli.search import Scores
+    from fuse_cli.tuning import TuneReport
+    from fuse_cli.verification import VerifyReport
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """Each warning as one line on stderr."""
+    for warning in warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+def print_error(message: str) -> None:
+    """An error as one line (or two) on stderr."""
+    err_console.print(f"[red]error:[/] {escape(message)}")
+
+
+@contextmanager
+def spinner(enabled: bool) -> Iterator[Any]:
+    """A status line on stderr while slow steps run, only on a terminal."""
+    if enabled and sys.stderr.isatty():
+        with err_console.status("starting") as status:
+            yield lambda message: status.update(escape(message))
+    else:
+        yield None
+
+
+def print_merge_report(report: MergeReport) -> None:
+    """The human-readable merge report on stdout."""
+    table = Table(title=f"members ({report.mode}, {report.inputs} inputs)", title_justify="left")
+    for column in ("file", "input shape", "output shape", "params", "weight"):
+        table.add_column(column, justify="right" if column in ("params", "weight") else "left")
+    for m in report.members:
+        weight = f"{m.weight:.4g}"
+        if abs(m.weight_given - m.weight) > 1e-12:
+            weight = f"{m.weight_given:g} → {weight}"
+        table.add_row(escape(m.file), ", ".join(m.input_shapes), ", ".join(m.output_shapes),
+                      f"{m.params:,}", weight)
+    console.print(table)
+    for m in report.members:
+        if m.migrations:
+            console.print(f"{escape(m.file)}: legacy file migrated by "
+                          f"{escape(', '.join(m.migrations))}")
+    _print_written(report)
+    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
+
+
+def _print_written(report: MergeReport) -> None:
+    """The formula, the file written and its verification: merge's and tune's last lines."""
+    console.print(f"formula:  {escape(report.formula)}")
+    console.print(f"output:   {escape(report.output)} ({_size_text(report.size)})")
+    if report.verified and report.max_abs_error is not None:
+        console.print(f"verified: reloaded and matches the formula, max abs error "
+                      f"{report.max_abs_error:.2e}")
+    else:
+        console.print("verified: skipped (--no-verify)")
+
+
+def _size_text(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def print_exports(exports: list[ExportReport]) -> None:
+    """The human-readable report of each artifact written, on stdout."""
+    for item in exports:
+        console.print(f"exported: {escape(item.path)} ({item.format}, {_size_text(item.size)})")
+        if item.verified and item.max_abs_error is not None:
+            console.print(f"parity:   matches the Keras model in {escape(str(item.runtime))}, "
+                          f"max abs error {item.max_abs_error:.2e} (atol {item.atol:g})")
+        else:
+            console.print("parity:   skipped (--no-verify)")
+
+
+def print_inspect_report(report: InspectReport) -> None:
+    """The human-readable inspect report on stdout."""
+    for i, info in enumerate(report.models):
+        if i:
+            console.print()
+        _print_model_info(info)
+    c = report.compatibility
+    if c is None:
+        return
+    console.print()
+    if not c.mergeable:
+        console.print(f"can merge: [red]no[/]: {escape(str(c.reason))}")
+        return
+    console.print(f"can merge: yes, with {c.inputs} inputs; outputs {', '.join(c.outputs)}")
+    if c.product:
+        console.print("           --mode product too: every output is >= 0")
+    else:
+        console.print(f"           not --mode product: {escape(str(c.product_reason))}")
+
+
+def _tensor_text(t: Any) -> str:
+    shape = "(" + ", ".join("None" if d is None else str(d) for d in t.shape) + ")"
+    return f"{escape(t.name)} {shape} {t.dtype}"
+
+
+def _print_model_info(info: ModelInfo) -> None:
+    written = f", written by Keras {info.keras_version}" if info.keras_version else ""
+    console.print(f"[bold]{escape(info.file)}[/] ({info.format}{written}): model "
+                  f"{escape(info.name)!r}")
+    console.print(f"  inputs:     {'; '.join(_tensor_text(t) for t in info.inputs)}")
+    console.print(f"  outputs:    {'; '.join(_tensor_text(t) for t in info.outputs)}")
+    activations = ", ".join(a or "unknown" for a in info.last_activations)
+    if info.ensemble is not None:
+        members = "; ".join(", ".join(a or "unknown" for a in m["last_activations"])
+                            for m in info.ensemble.members)
+        activations = f"weighted {info.ensemble.mode} of the members' {members}"
+    console.print(f"  activation: {escape(activations)}")
+    console.print(f"  params:     {info.params:,}")
+    console.print(f"  size:       {_size_text(info.size)}")
+    console.print(f"  sha256:     {info.sha256}")
+    e = info.ensemble
+    if e is None:
+        return
+    renormalized = ", renormalized" if e.renormalize else ""
+    weights = ", ".join(f"{w:.4g}" for w in e.weights)
+    if e.weights_given is not None:
+        weights = f"{', '.join(f'{w:g}' for w in e.weights_given)} → {weights}"
+    console.print(f"  ensemble:   {e.mode}{renormalized}, {e.inputs} inputs, weights {weights}"
+                  + (f" ({escape(e.tool)})" if e.tool else ""))
+    for m in e.members:
+        source = escape(str(m["file"])) if m["file"] else "(not recorded)"
+        digest = m["sha256"] or "(no SHA-256 recorded)"
+        console.print(f"    member {m['index']}: {source} → {escape(m['layer'])}, sha256 {digest}")
+    if e.tuning:
+        console.print(f"  tuned:      {escape(_tuning_text(e.tuning))}")
+
+
+def _tuning_text(tuning: dict[str, Any]) -> str:
+    """One line on how `fuse tune` chose the weights, from the file's provenance."""
+    data = tuning.get("data") or {}
+    text = (f"{tuning.get('method')} on {tuning.get('metric')}, data {data.get('file')} "
+            f"({data.get('rows')} rows, holdout {tuning.get('holdout')})")
+    held = tuning.get("heldout") or {}
+    scores = ", ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in held.items()
+                       if k in ("accuracy", "log_loss") and isinstance(v, float))
+    return f"{text}; held out: {scores}" if scores else text
+
+
+def print_verify_report(report: VerifyReport) -> None:
+    """The human-readable verify report on stdout."""
+    console.print(f"verified: {escape(report.file)} computes its {report.mode} formula on its "
+                  f"{len(report.members)} embedded members, max abs error "
+                  f"{report.formula_max_abs_error:.2e}")
+    if not report.provenance_recorded:
+        console.print("          (the file records no provenance)")
+    for m in report.members:
+        if m.given is None:
+            continue
+        error = f"{m.max_abs_error:.2e}" if m.max_abs_error is not None else "n/a"
+        console.print(f"member {m.index}: {escape(m.given)} has the recorded SHA-256 and "
+                      f"matches its embedded copy, max abs error {error}")
+
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
+    """A status line and one bar per model while predicting, on stderr, only on a terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        yield None, None
+        return
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as bars:
+        status = bars.add_task("starting", total=None)
+        tasks: dict[str, Any] = {}
+
+        def say(message: str) -> None:
+            bars.update(status, description=escape(message))
+
+        def advance(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bars.add_task(f"predicting with {escape(label)}", total=total)
+            bars.update(tasks[label], completed=done)
+
+        yield say, advance
+
+
+def print_evaluation(report: EvaluationReport) -> None:
+    """The human-readable evaluation table on stdout."""
+    table = Table(title=f"{report.data}: {report.rows} rows", title_justify="left")
+    for column in ("model", "output shape", "accuracy", "log-loss"):
+        table.add_column(column, justify="left" if column in ("model", "output shape")
+                         else "right", overflow="fold")
+    for m in report.models:
+        table.add_row(escape(m.file), m.output_shape, f"{m.accuracy:.4f}",
+                      "n/a" if m.log_loss is None else f"{m.log_loss:.4f}")
+    console.print(table)
+
+
+_SEARCHES = {
+    "grid": "exact grid over the first weight, 0 to 1 in steps of 0.01",
+    "greedy": "greedy selection with replacement (Caruana), 100 rounds",
+}
+
+
+def print_tune_report(report: TuneReport) -> None:
+    """The human-readable tuning report on stdout."""
+    fit, held = report.fit, report.heldout
+    split = (f"{fit.rows} to fit the weights, {held.rows} held out (--holdout "
+             f"{report.holdout:g}, seed {report.seed})" if held else
+             f"all {fit.rows} to fit the weights (--holdout 0)")
+    console.print(f"data:     {escape(report.data)}, {report.rows} rows: {split}")
+    console.print(f"search:   {_SEARCHES.get(report.method, report.method)}; "
+                  f"metric {report.metric}")
+    table = Table(title_justify="left")
+    table.add_column("model", overflow="fold")
+    table.add_column("weight", justify="right")
+    for part in ("fit", "held out") if held else ("fit",):
+        table.add_column(f"{part}\naccuracy", justify="right")
+        table.add_column(f"{part}\nlog-loss", justify="right")
+    parts = [fit, held] if held else [fit]
+    for i, (label, weight) in enumerate(zip(report.files, report.weights, strict=True)):
+        table.add_row(escape(label), f"{weight:.4g}", *_score_cells([p.members[i] for p in parts]))
+    equal = f"{1 / len(report.files):.4g} each"
+    table.add_row("equal weights", equal, *_score_cells([p.equal_weights for p in parts]))
+    table.add_row("[bold]tuned ensemble[/]", "", *_score_cells([p.ensemble for p in parts]),
+                  style="bold")
+    console.print(table)
+    _print_written(report.merge)
+    if report.plot:
+        console.print(f"plot:     {escape(report.plot)}")
+    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
+
+
+def _score_cells(scores: list[Scores]) -> list[str]:
+    cells = []
+    for s in scores:
+        cells.append(f"{s.accuracy:.4f}")
+        cells.append("n/a" if s.log_loss is None else f"{s.log_loss:.4f}")
+    return cells

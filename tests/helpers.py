@@ -1,0 +1,67 @@
+"""Builders and helpers the tests share: tiny real Keras models, prediction, loading.
+
+Imported by the tests (`from helpers import ...`) and by conftest's fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import fuse_cli.layers  # noqa: E402, F401  (registers the combining layers)
+
+
+def dense_classifier(
+    width: int,
+    classes: int = 10,
+    *,
+    name: str = "sequential",
+    seed: int = 0,
+    activation: str = "softmax",
+) -> keras.Model:
+    """A one-hidden-layer classifier on flat inputs."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((width,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(classes, activation=activation),
+        ],
+        name=name,
+    )
+
+
+def tiny_cnn(shape: tuple[int | None, ...], *, name: str, seed: int) -> keras.Model:
+    """A small CNN; `None` spatial dims are allowed thanks to global pooling."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(5, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def two_headed(seed: int, name: str) -> keras.Model:
+    """A model with two outputs: class probabilities and a sigmoid score."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    probs = keras.layers.Dense(4, activation="softmax", name="probs")(hidden)
+    score = keras.layers.Dense(1, activation="sigmoid", name="score")(hidden)
+    return keras.Model(inputs, [probs, score], name=name)
+
+
+def predict(model: keras.Model, x: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
+    """A model's outputs as a list of numpy arrays."""
+    result = model.predict(x, verbose=0)
+    return list(result) if isinstance(result, list | tuple) else [result]
+
+
+def load(path: Path) -> keras.Model:
+    """Load a model file as a user would, in safe mode."""
+    return keras.saving.load_model(path, compile=False, safe_mode=True)
