@@ -113,8 +113,12 @@ def _build_from_config(config: Config, *, safe_mode: bool) -> keras.Model:
     """Rebuild a model from a migrated legacy config, as Keras's H5 loader does.
 
     Keras 3 has no public entry point for legacy (Keras 2) configs: the new-format
-    deserializer behind `keras.models.model_from_json` cannot read them.
+    deserializer behind `keras.models.model_from_json` cannot read them. The rules may
+    name fuse's registered objects (`fuse>Keras2HardSigmoid`), so they are registered
+    first.
     """
+    import fuse_cli.layers  # noqa: F401  (registers the objects the rules may name)
+
     model: keras.Model = _keras_private.legacy_model_from_config(
         json.dumps(config), safe_mode=safe_mode
     )
