@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 from fuse_cli.errors import FuseError, ModelLoadError, first_line
 from fuse_cli.formats import _keras_private
 from fuse_cli.formats.failures import describe_load_failure, is_unsafe_refusal
-from fuse_cli.formats.legacy_rules import Config, migrate_config, misread_silently
+from fuse_cli.formats.legacy_rules import Config, migrate_config, misread_silently, refusal
 from fuse_cli.formats.screening import attr_text, check_config, check_hdf5
 
 if TYPE_CHECKING:
@@ -237,7 +237,8 @@ def load_legacy_h5(
     The plain Keras 3 loader runs first. When it fails for a reason other than safe
     mode, the stored config is migrated by the rules; if no rule applies, the failure is
     unknown and reported as Keras gave it. A config that Keras 3 would misread without
-    an error is migrated without trying the plain loader.
+    an error is migrated without trying the plain loader; one that no rule can make
+    exact (`legacy_rules.REFUSALS`) is refused before anything is built.
 
     Args:
         path: an HDF5 model file (named in messages).
@@ -263,6 +264,10 @@ def load_legacy_h5(
             return load_legacy_h5(path, safe_mode=safe_mode, h5=opened)
     header = _read_header(h5)
     version = header.keras_version
+    reason = refusal(header.config, version) if header.config else None
+    if reason:
+        # Keras 3 would load it, computing another function: refused before it can.
+        raise ModelLoadError(f"{path}: {reason}: refused (written by Keras {version})")
     plain_error: Exception | None = None
     if header.config is None or not misread_silently(header.config):
         try:

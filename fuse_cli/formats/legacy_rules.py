@@ -394,13 +394,13 @@ def _initial_state_node(node: Any) -> Config | None:
 def rule_rnn_initial_state_nodes(config: Config) -> bool:
     """Pass the states given to a recurrent layer as `initial_state`, as Keras 2 did.
 
-    Writers: every Keras 2 (seen with 2.1.5, 2.2.0, 2.2.4, 2.2.5), e.g. the encoder-
-    decoder of Keras's `lstm_seq2seq` example: a call `LSTM(...)(x, initial_state=[h,
-    c])` is stored as one node whose inputs are `[x, h, c]`, and Keras 2's RNN split
-    them again. Keras 3.15.1 passes the three tensors as the sequence and fails with
-    `Layer "lstm_2" expects 1 input(s), but it received 3 input tensors`. The node is
-    rewritten in Keras 3's own call form: the first tensor as the sequence, the others
-    as `initial_state`.
+    Writers: every Keras 2 (seen with 2.1.5, 2.2.0, 2.2.4, 2.2.5 and tf-keras 2.21.0),
+    e.g. the encoder-decoder of Keras's `lstm_seq2seq` example: a call `LSTM(...)(x,
+    initial_state=[h, c])` is stored as one node whose inputs are `[x, h, c]`, and
+    Keras 2's RNN split them again. Keras 3.15.1 passes the three tensors as the
+    sequence and fails with `Layer "lstm_2" expects 1 input(s), but it received 3
+    input tensors`. The node is rewritten in Keras 3's own call form: the first tensor
+    as the sequence, the others as `initial_state`.
     """
     changed = False
     for obj in list(objects(config)):
@@ -488,6 +488,68 @@ RULES: tuple[Rule, ...] = (
 
 # Forms Keras 3 may load without an error, building a model that differs from the file.
 _SILENT_MISREADS: tuple[Rule, ...] = (rule_sequential_input_layer, rule_keras2_hard_sigmoid)
+
+
+# --- refusals: what no rewrite makes exact ----------------------------------------
+
+Refusal = Callable[[Config, str], "str | None"]
+
+
+def _version_tuple(version: str) -> tuple[int, ...] | None:
+    parts = version.split("-", 1)[0].split(".")
+    if not parts or not all(p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def _resizes_like_tensorflow_1(version: str) -> bool:
+    """Whether Keras `version` resized images with TF 1's `resize_bilinear` (or may have)."""
+    numbers = _version_tuple(version)
+    if numbers is None:
+        return True  # no version recorded: the writer cannot be placed
+    if version.endswith("-tf"):
+        return numbers <= (2, 2, 4)  # tf.keras of TF 1.x (2.2.4-tf is TF 1.13–2.0)
+    return numbers < (2, 4)  # standalone Keras; 2.4+ is tf.keras of TF 2.2+
+
+
+def refuse_tf1_bilinear_upsampling(config: Config, version: str) -> str | None:
+    """Refuse a bilinear UpSampling2D written by a Keras that resized like TensorFlow 1.
+
+    Writers: standalone Keras 2.2.3–2.3.1 (which added `interpolation`) and tf.keras of
+    TF 1.x (`2.1.6-tf`, `2.2.4-tf`), whose `resize_images` called TF 1's
+    `resize_bilinear` without half-pixel centers; a file with no `keras_version` too,
+    since its writer cannot be placed. Keras 3.15.1 (like tf.keras of TF 2 and
+    tf-keras, hence the corpus references) resizes with `tf.image.resize`, which
+    samples at half-pixel centers: the same weights compute another function, and it
+    loads without an error. No rewrite can express the old sampling with Keras 3's
+    layers, so the file is refused, naming the layer. `nearest` (the default) computes
+    the same in both and loads.
+    """
+    if not _resizes_like_tensorflow_1(version):
+        return None
+    for obj in objects(config):
+        body = obj["config"]
+        if obj["class_name"] != "UpSampling2D" or not isinstance(body, dict):
+            continue
+        if body.get("interpolation") == "bilinear":
+            return (
+                f"layer {body.get('name')!r} (UpSampling2D, bilinear) was computed by "
+                f"Keras {version} with TensorFlow 1's resize_bilinear, which Keras 3 does "
+                "not reproduce (it samples at half-pixel centers)"
+            )
+    return None
+
+
+REFUSALS: tuple[Refusal, ...] = (refuse_tf1_bilinear_upsampling,)
+
+
+def refusal(config: Config, version: str) -> str | None:
+    """Why `config`, written by Keras `version`, cannot be loaded exactly; None if it can."""
+    for check in REFUSALS:
+        reason = check(config, version)
+        if reason:
+            return reason
+    return None
 
 
 def rule_name(rule: Rule) -> str:
