@@ -266,6 +266,18 @@ def keras22_seq2seq() -> tf_keras.Model:
     return tf_keras.Model([encoder_inputs, decoder_inputs], outputs, name="model_1")
 
 
+def keras211_layer_activation() -> tf_keras.Model:
+    """Dense layers whose activation is a LeakyReLU layer, as tf.keras 2.x allowed."""
+    return tf_keras.Sequential(
+        [
+            layers.Input((4,)),
+            layers.Dense(5, activation=layers.LeakyReLU(alpha=0.1), name="dense"),
+            layers.Dense(2, activation=layers.LeakyReLU(alpha=0.1), name="dense_1"),
+        ],
+        name="sequential",
+    )
+
+
 def keras22_upsampling_bilinear() -> tf_keras.Model:
     """A bilinear UpSampling2D between two 1x1 convolutions."""
     inp = layers.Input((4, 4, 2), name="input_1")
@@ -400,6 +412,17 @@ FIXTURES = (
         more_inputs=((6, 3),),
     ),
     Fixture(
+        "keras211_layer_activation",
+        keras211_layer_activation,
+        (4,),
+        "tf.keras 2.11 Sequential: Dense layers whose `activation` is a LeakyReLU layer, "
+        "stored without a module",
+        "refused: `Could not locate class 'LeakyReLU'`",
+        ("layer_activation_module",),
+        rewrite_as="2.11.0",
+        rewriter=lambda path, version: _rewrite_nested(path, version),
+    ),
+    Fixture(
         "keras22_upsampling_bilinear",
         keras22_upsampling_bilinear,
         (4, 4, 2),
@@ -468,16 +491,21 @@ def _old_form(node: Any, version: str) -> Any:
     """A tf-keras 2.21 config fragment as Keras `version` (2.2.x or 2.4.0) stored it.
 
     Drops what later writers added (`module`, `registered_name`, `build_config` on
-    every object; `time_major` before 2.3), writes initializers in the old form, and
+    every object; `time_major` before 2.3), writes initializers in the old form (up to
+    2.4, `glorot_uniform` as the VarianceScaling it is), and
     before 2.4 calls a Functional model `Model` and stores `dtype` only where an input
     shape is declared. Modelled on real 2.2.4 and Teachable Machine 2.4.0 configs.
     """
+    numbers = tuple(int(part) for part in version.split("-")[0].split("."))
+    before_24 = numbers < (2, 4)
     if isinstance(node, list):
         return [_old_form(item, version) for item in node]
     if not isinstance(node, dict):
         return node
     if node.get("module") == "keras.initializers":
-        return _keras2_value(node)
+        if numbers < (2, 5):  # as Teachable Machine's 2.4.0 files store them too
+            return _keras2_value(node)
+        return {"class_name": node["class_name"], "config": node["config"]}
     out = {k: _old_form(v, version) for k, v in node.items()}
     if "class_name" in out:
         for key in ("module", "registered_name", "build_config"):
@@ -485,7 +513,6 @@ def _old_form(node: Any, version: str) -> Any:
         if "inbound_nodes" in out:
             out = {k: out[k] for k in _ENTRY_KEYS if k in out}
     body = out.get("config")
-    before_24 = version.startswith(("2.0", "2.1", "2.2", "2.3"))
     if isinstance(body, dict) and "class_name" in out:
         if before_24:
             body.pop("time_major", None)
@@ -493,10 +520,10 @@ def _old_form(node: Any, version: str) -> Any:
                 body.pop("dtype", None)
             if out["class_name"] == "InputLayer":
                 body.pop("ragged", None)
-        # Added after 2.4: InputLayer `optional`, pooling `keepdims`, a model's `trainable`.
+        # Added later: InputLayer `optional`, pooling `keepdims` (2.6), a model's `trainable`.
         if out["class_name"] == "InputLayer":
             body.pop("optional", None)
-        if out["class_name"].startswith("Global"):
+        if out["class_name"].startswith("Global") and numbers < (2, 6):
             body.pop("keepdims", None)
         if out["class_name"] in ("Sequential", "Functional"):
             body.pop("trainable", None)
@@ -746,6 +773,9 @@ attribute exactly as those versions stored it, and set the `keras_version` attri
   only, LSTM configs have no `time_major` and no `dtype`, `glorot_uniform` and
   `orthogonal` in the old initializer form, LSTMs with `hard_sigmoid` gates (2.2's
   default). Its `.npz` holds the decoder input as `x1`.
+- `keras211_layer_activation.h5` — tf.keras 2.11 form, modelled on a real 2.11.0
+  file: no `module` or `registered_name` anywhere, so the LeakyReLU used as a Dense
+  activation is `{{class_name, config}}` only (`alpha`, not `negative_slope`).
 - `keras22_upsampling_bilinear.h5` — the same 2.2.4 Functional form; only refused, so
   its predictions are tf-keras's and serve no comparison.
 - `hard_sigmoid_dense.h5` is tf-keras's own form: it shows that the drift is silent

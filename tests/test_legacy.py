@@ -57,6 +57,8 @@ EXPECTED_RULES = {
     ],
     # Failure class (c): wrapped layers in the old form (and LSTM initial_state nodes).
     "keras22_seq2seq": ["wrapped_layer_module", "rnn_initial_state_nodes", "keras2_hard_sigmoid"],
+    # Found in the corpus: a LeakyReLU layer as a Dense activation (tf.keras 2.11).
+    "keras211_layer_activation": ["layer_activation_module"],
 }
 # Refused before anything is built: no rule can make them exact.
 REFUSED = ["keras22_upsampling_bilinear"]
@@ -80,6 +82,7 @@ KERAS_3_15_1_PLAIN = {
     "teachable_machine_240": "Error when deserializing class 'DepthwiseConv2D'",
     "keras20_gru": "pop expected at most 1 argument, got 2",
     "keras22_seq2seq": "Could not locate class 'Dense'",
+    "keras211_layer_activation": "Could not locate class 'LeakyReLU'",
 }
 
 
@@ -982,3 +985,21 @@ def test_a_failure_inside_a_layer_call_reports_keras_reason() -> None:
         "(calling Sequential.call())"
     )
     assert reason_of(ValueError("plain reason\nmore")) == "plain reason"
+
+
+def test_rule_layer_activation_module() -> None:
+    leaky = {"class_name": "LeakyReLU", "config": {"name": "l", "alpha": 0.1}}
+    prelu = {"class_name": "PReLU", "config": {"name": "p"}}  # has weights: not touched
+    done = {"module": "keras.layers", "class_name": "ReLU", "config": {}}
+    config = sequential(
+        layer("Dense", name="d", activation=leaky),
+        layer("Dense", name="e", activation=prelu),
+        layer("Dense", name="f", activation=done),
+        layer("Dense", name="g", activation="relu"),
+    )
+    assert legacy_rules.rule_layer_activation_module(config)
+    assert leaky["module"] == "keras.layers" and leaky["registered_name"] is None
+    assert leaky["config"] == {"name": "l", "alpha": 0.1}
+    assert "module" not in prelu
+    assert done == {"module": "keras.layers", "class_name": "ReLU", "config": {}}
+    assert not legacy_rules.rule_layer_activation_module(config)

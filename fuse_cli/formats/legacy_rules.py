@@ -436,6 +436,39 @@ def rule_gru_reset_after(config: Config) -> bool:
     return changed
 
 
+# Keras layers that Keras 2 let a layer use as its activation (`Dense(activation=
+# LeakyReLU(0.1))`); they have no weights of their own.
+_ACTIVATION_LAYERS = frozenset({"Activation", "ELU", "LeakyReLU", "ReLU", "Softmax"})
+
+
+def rule_layer_activation_module(config: Config) -> bool:
+    """Name Keras's layer module for an activation that is a layer (`LeakyReLU`, ...).
+
+    Writers: tf.keras 2.x before 2.13 (seen with 2.11.0), which stored `Dense(...,
+    activation=LeakyReLU(alpha=0.1))` as an activation `{"class_name": "LeakyReLU",
+    "config": {...}}` without a module. Keras 3.15.1 looks such an activation up with its
+    new-format deserializer and fails with `Could not locate class 'LeakyReLU'`. The
+    module added is `keras.layers`; the layer keeps its config (Keras 3's LeakyReLU
+    reads Keras 2's `alpha` as `negative_slope`, the same function). Only weightless
+    activation layers are touched.
+    """
+    changed = False
+    for obj in objects(config):
+        body = obj["config"]
+        if not isinstance(body, dict):
+            continue
+        for key in ("activation", "recurrent_activation"):
+            value = body.get(key)
+            if (
+                isinstance(value, dict)
+                and value.get("class_name") in _ACTIVATION_LAYERS
+                and "module" not in value
+            ):
+                value["module"] = "keras.layers"
+                value["registered_name"] = None
+                changed = True
+    return changed
+
 # The serialized `fuse_cli.layers.Keras2HardSigmoid`, a registered activation object.
 KERAS2_HARD_SIGMOID: Config = {
     "module": "fuse_cli.layers",
@@ -484,6 +517,7 @@ RULES: tuple[Rule, ...] = (
     rule_rnn_initial_state_nodes,
     rule_gru_reset_after,
     rule_keras2_hard_sigmoid,
+    rule_layer_activation_module,
 )
 
 # Forms Keras 3 may load without an error, building a model that differs from the file.

@@ -2,7 +2,10 @@
 
 A developer tool, not a CI test: the files are third-party and never committed. The
 list of files is `files.tsv` beside this script (repository, path, git blob SHA-1,
-the `keras_version` attribute, whether the file carries Python code, its kind). Bring
+the `keras_version` attribute, whether the file carries code, its kind). `python_code`
+is `yes` for a Lambda (marshalled Python bytecode), `tf_ops` for TFOpLambda /
+SlicingOpLambda layers (TensorFlow functions called by name, which Keras 3 cannot
+build), `no` otherwise. Bring
 the files into a folder of your own, under any names (they are matched by blob SHA-1),
 then, with the project's venv and a tf-keras venv of its own:
 
@@ -11,12 +14,12 @@ then, with the project's venv and a tf-keras venv of its own:
     .venv/bin/python scripts/legacy_corpus/run_corpus.py /work/corpus/legacy \\
         --tf-keras-python /work/venvs/tfkeras/bin/python
 
-For each file without Python code, tf-keras (in a subprocess) loads it and predicts on a
+For each file without code, tf-keras (in a subprocess) loads it and predicts on a
 fixed random input (seeded by the blob SHA; integers below the smallest Embedding
 `input_dim` when the model has one); fuse's loader then loads it in safe mode and
 predicts on the same input. Outputs match when |fuse - tf_keras| <= 1e-5 * max(1,
-|tf_keras|). Files with Python code (Lambda) are never given to tf-keras, which would run
-it: fuse must refuse them with exit 3. The tally counts loads+matches, refusals (with
+|tf_keras|). Files with code (`yes`, `tf_ops`) are never given to tf-keras, which would
+run it: fuse must refuse them with exit 3. The tally counts loads+matches, refusals (with
 their exit code), mismatches and errors (anything that is not a `FuseError`), and
 whether each outcome is the expected one.
 """
@@ -99,8 +102,12 @@ class Entry:
     path: str
     blob: str
     keras_version: str
-    python_code: bool
+    python_code: str  # "no", "yes" (Lambda) or "tf_ops" (TFOpLambda)
     kind: str
+
+    @property
+    def has_code(self) -> bool:
+        return self.python_code != "no"
 
 
 def read_list(path: Path) -> list[Entry]:
@@ -117,7 +124,7 @@ def read_list(path: Path) -> list[Entry]:
                 row["path"],
                 row["blob"],
                 row["keras_version"],
-                row["python_code"] == "yes",
+                row["python_code"],
                 row["kind"],
             )
         )
@@ -205,7 +212,7 @@ def run_fuse(entry: Entry, path: Path, data: Any) -> dict[str, Any]:
 
 
 def expected(entry: Entry, result: dict[str, Any]) -> bool:
-    if entry.python_code:
+    if entry.has_code:
         return result["outcome"] == "refused" and result.get("exit") == 3
     return result["outcome"] == "match"
 
@@ -236,7 +243,7 @@ def main() -> None:
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = [(e.blob, local[e.blob]) for e in entries if not e.python_code]
+        jobs = [(e.blob, local[e.blob]) for e in entries if not e.has_code]
         start = time.monotonic()
         refs = references(args.tf_keras_python, jobs, Path(tmp))
         print(f"tf-keras references: {len(refs)} files in {time.monotonic() - start:.0f} s")
@@ -246,7 +253,7 @@ def main() -> None:
             if ref and ref.get("ok"):
                 data = np.load(Path(tmp) / f"{e.blob}.npz")
             result = run_fuse(e, local[e.blob], data)
-            if not e.python_code and not (ref and ref.get("ok")):
+            if not e.has_code and not (ref and ref.get("ok")):
                 result["tf_keras"] = ref.get("error") if ref else "no reference"
             result.update(
                 repository=e.repository,
@@ -265,7 +272,7 @@ def main() -> None:
             mark = "ok " if result["expected"] else "BAD"
             print(
                 f"{mark} {result['outcome']:<9} {e.keras_version:<9} "
-                f"{'code ' if e.python_code else ''}{e.repository}/{e.path}"
+                f"{'code ' if e.has_code else ''}{e.repository}/{e.path}"
                 f"{'  [' + rules + ']' if rules else ''}  {detail}"[:400]
             )
 
@@ -274,11 +281,12 @@ def main() -> None:
         key = r["outcome"] if r["outcome"] != "refused" else f"refused (exit {r['exit']})"
         tally[key] += 1
     print("\nTally:", ", ".join(f"{k}: {v}" for k, v in sorted(tally.items())))
-    plain = [r for r in results if not r["python_code"]]
-    code = [r for r in results if r["python_code"]]
+    plain = [r for r in results if r["python_code"] == "no"]
+    code = [r for r in results if r["python_code"] != "no"]
     print(
-        f"Without Python code: {sum(r['expected'] for r in plain)}/{len(plain)} load and match "
-        f"tf-keras; with code: {sum(r['expected'] for r in code)}/{len(code)} refused with exit 3."
+        f"Without code: {sum(r['expected'] for r in plain)}/{len(plain)} load and match "
+        f"tf-keras; with code (Lambda or TF ops): {sum(r['expected'] for r in code)}/"
+        f"{len(code)} refused with exit 3."
     )
     tm = [r for r in results if r["kind"] == "teachable_machine"]
     print(f"Teachable Machine exports: {sum(r['expected'] for r in tm)}/{len(tm)} as expected.")
