@@ -421,9 +421,9 @@ def rule_rnn_initial_state_nodes(config: Config) -> bool:
 def rule_gru_reset_after(config: Config) -> bool:
     """Give a GRU without `reset_after` the `reset_after: false` it computed with.
 
-    Writers: standalone Keras before 2.1.3, whose GRU had no `reset_after` argument
-    (it applied the reset gate before the recurrent kernel, as `reset_after=False`
-    does); tf.keras and later Keras 2 store the argument. Keras 3.15.1 defaults to
+    Writers: standalone Keras 2.0–2.1.3, whose GRU had no `reset_after` argument (it
+    applied the reset gate before the recurrent kernel, as `reset_after=False` does;
+    keras-team/keras#9112 added the argument in 2.1.4); later writers store it. Keras 3.15.1 defaults to
     `reset_after=True`, a different function with a (2, 3 * units) bias, and fails on
     the file's (3 * units,) bias; with the stored value it computes Keras 2's GRU.
     """
