@@ -734,7 +734,9 @@ Applied in this order, each only when plain Keras 3 failed on the file (or, for
 ## What no rule can make exact: refused (exit 3, naming the layer)
 
 Checked before anything is built, since Keras 3 would load these files without an
-error and compute another function. Fixture: `keras22_upsampling_bilinear.h5`.
+error and compute another function, or fail with a reason that does not say why.
+Fixture: `keras22_upsampling_bilinear.h5` (the TF-op refusal is tested on a copy of
+`hard_sigmoid_dense.h5` with a `TFOpLambda` layer added to its config).
 
 {refusals}
 

@@ -1036,3 +1036,28 @@ def test_rule_layer_activation_module() -> None:
     assert "module" not in prelu
     assert done == {"module": "keras.layers", "class_name": "ReLU", "config": {}}
     assert not legacy_rules.rule_layer_activation_module(config)
+
+
+def test_tf_op_layers_are_refused_naming_layer_and_function(tmp_path: Path) -> None:
+    """tf.keras's TFOpLambda: refused before anything is built, with what it calls."""
+    path = tmp_path / "tf_op.h5"
+    shutil.copy(fixture_path("hard_sigmoid_dense"), path)
+    config = read_config(path)
+    config["config"]["layers"].append(
+        layer(
+            "TFOpLambda",
+            name="tf.compat.v1.gather",
+            trainable=True,
+            dtype="float32",
+            function="compat.v1.gather",
+        )
+    )
+    write_config(path, config)
+    with pytest.raises(ModelLoadError) as info:
+        load_legacy_h5(path, safe_mode=True)
+    assert info.value.exit_code == 3
+    assert str(info.value) == (
+        f"{path}: layer 'tf.compat.v1.gather' (TFOpLambda) calls the TensorFlow function "
+        "'compat.v1.gather' by name, which Keras 3 cannot build: refused "
+        "(written by Keras 2.21.0)"
+    )

@@ -423,9 +423,10 @@ def rule_gru_reset_after(config: Config) -> bool:
 
     Writers: standalone Keras 2.0–2.1.3, whose GRU had no `reset_after` argument (it
     applied the reset gate before the recurrent kernel, as `reset_after=False` does;
-    keras-team/keras#9112 added the argument in 2.1.4); later writers store it. Keras 3.15.1 defaults to
-    `reset_after=True`, a different function with a (2, 3 * units) bias, and fails on
-    the file's (3 * units,) bias; with the stored value it computes Keras 2's GRU.
+    keras-team/keras#9112 added the argument in 2.1.4); later writers store it.
+    Keras 3.15.1 defaults to `reset_after=True`, a different function with a (2, 3 *
+    units) bias, and fails on the file's (3 * units,) bias; with the stored value it
+    computes Keras 2's GRU.
     """
     changed = False
     for obj in objects(config):
@@ -574,7 +575,28 @@ def refuse_tf1_bilinear_upsampling(config: Config, version: str) -> str | None:
     return None
 
 
-REFUSALS: tuple[Refusal, ...] = (refuse_tf1_bilinear_upsampling,)
+def refuse_tf_op_layers(config: Config, version: str) -> str | None:
+    """Refuse the layers tf.keras made from TensorFlow functions (`TFOpLambda`).
+
+    Writers: tf.keras 2.4–2.15 and tf-keras (seen with 2.10.0 and 2.12.0), which record
+    a TensorFlow function called on a Keras tensor (`tf.gather(x, ...)`, `x[:, 0]`) as
+    a `TFOpLambda` or `SlicingOpLambda` layer naming the function (`compat.v1.gather`,
+    `__operators__.getitem`). Keras 3.15.1 has no such layers and fails with `Unknown
+    layer: 'SlicingOpLambda'`; building them would mean calling TensorFlow functions the
+    file names, and no rule maps them to Keras 3 operations exactly. The refusal names
+    the layer and the function.
+    """
+    for obj in objects(config):
+        body = obj["config"]
+        if obj["class_name"] in ("TFOpLambda", "SlicingOpLambda") and isinstance(body, dict):
+            return (
+                f"layer {body.get('name')!r} ({obj['class_name']}) calls the TensorFlow "
+                f"function {body.get('function')!r} by name, which Keras 3 cannot build"
+            )
+    return None
+
+
+REFUSALS: tuple[Refusal, ...] = (refuse_tf1_bilinear_upsampling, refuse_tf_op_layers)
 
 
 def refusal(config: Config, version: str) -> str | None:
