@@ -164,6 +164,8 @@ def _print_model_info(info: ModelInfo) -> None:
     console.print(f"  params:     {info.params:,}")
     console.print(f"  size:       {_size_text(info.size)}")
     console.print(f"  sha256:     {info.sha256}")
+    if info.migrations:
+        console.print(f"  legacy:     migrated by the rules {escape(', '.join(info.migrations))}")
     e = info.ensemble
     if e is None:
         return
