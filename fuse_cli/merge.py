@@ -24,10 +24,10 @@ from fuse_cli.ensemble import (
 )
 from fuse_cli.errors import UsageError
 from fuse_cli.export import artifact_path, export_file, plan_exports
-from fuse_cli.files import check_output, publish
+from fuse_cli.files import check_output, check_writes, publish
 from fuse_cli.formats import LoadedModel, cache_keras_skipsets, load_model, load_models
 from fuse_cli.report import MemberReport, MergePlan, MergeReport, file_labels, formula_text
-from fuse_cli.verification import check_formula
+from fuse_cli.verification import batch_size, check_formula
 
 if TYPE_CHECKING:
     import keras
@@ -186,6 +186,7 @@ def _check_paths(
     check_options(len(files), options)
     check_output(out, files, force=options.force)
     requests = [(fmt, artifact_path(out, fmt)) for fmt in dict.fromkeys(options.exports)]
+    check_writes([("-o", out), *((f"--export {fmt.value}", p) for fmt, p in requests)], files)
     plan_exports(out, requests, force=options.force, verify=options.verify)
     return requests
 
@@ -193,7 +194,8 @@ def _check_paths(
 def _check_members(
     loaded: Sequence[LoadedModel], labels: Sequence[str], options: MergeOptions
 ) -> Combination:
-    return check_combination(
+    """Every check on the loaded members, before anything is built (and in a dry run)."""
+    combination = check_combination(
         [m.model for m in loaded],
         labels,
         mode=options.mode,
@@ -202,6 +204,10 @@ def _check_members(
         allow_mixed_outputs=options.allow_mixed_outputs,
         to_probabilities=options.to_probabilities,
     )
+    if options.verify:  # the check batch must be numeric and bounded: say so before building
+        for m in loaded:
+            batch_size(input_specs(m.model), str(m.path), m.model)
+    return combination
 
 
 def merge_loaded(
