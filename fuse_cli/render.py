@@ -66,6 +66,8 @@ def print_merge_report(report: MergeReport) -> None:
         if m.migrations:
             console.print(f"{escape(m.file)}: legacy file migrated by "
                           f"{escape(', '.join(m.migrations))}")
+    for line in sharing_lines(report.sharing, [m.file for m in report.members]):
+        console.print(f"shared:   {escape(line)}")
     _print_written(report)
     console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
 
@@ -79,6 +81,29 @@ def _print_written(report: MergeReport) -> None:
                       f"{report.max_abs_error:.2e}")
     else:
         console.print("verified: skipped (--no-verify)")
+
+
+def sharing_lines(sharing: dict[str, Any] | None, labels: list[str]) -> list[str]:
+    """What members share and compute once, one line per shared segment, and the total."""
+    if not sharing:
+        return []
+    if not sharing.get("enabled"):
+        return ["nothing (--no-share)"]
+    segments = sharing.get("segments") or []
+    if not segments:
+        return ["nothing: no member shares a first layer (same config and bit-identical "
+                "weights) with another fed the same input"]
+    lines = []
+    for seg in segments:
+        names = [labels[i] if 0 <= i < len(labels) else str(i) for i in seg["members"]]
+        after = f" after {seg['after']}" if seg.get("after") else ""
+        layers = ", ".join(seg["layers"])
+        lines.append(f"{seg['name']}{after} = {layers} ({seg['layer_count']} layers, "
+                     f"{seg['params']:,} params) computed once for {', '.join(names)}")
+    if sharing.get("params_saved") is not None and sharing.get("bytes_saved") is not None:
+        lines.append(f"saves {sharing['params_saved']:,} params "
+                     f"({_size_text(sharing['bytes_saved'])} of weights)")
+    return lines
 
 
 def _size_text(size: int) -> str:
@@ -154,6 +179,9 @@ def _print_model_info(info: ModelInfo) -> None:
         source = escape(str(m["file"])) if m["file"] else "(not recorded)"
         digest = m["sha256"] or "(no SHA-256 recorded)"
         console.print(f"    member {m['index']}: {source} → {escape(m['layer'])}, sha256 {digest}")
+    labels = [f"member {m['index']}" for m in e.members]
+    for line in sharing_lines(e.sharing, labels):
+        console.print(f"  shared:     {escape(line)}")
     if e.tuning:
         console.print(f"  tuned:      {escape(_tuning_text(e.tuning))}")
 
@@ -176,6 +204,11 @@ def print_verify_report(report: VerifyReport) -> None:
                   f"{report.formula_max_abs_error:.2e}")
     if not report.provenance_recorded:
         console.print("          (the file records no provenance)")
+    for seg in report.shared:
+        members = ", ".join(str(i) for i in seg["members"])
+        console.print(f"          members {members} run through the shared segment "
+                      f"{escape(seg['name'])}, as the provenance records; each is checked "
+                      "as that segment followed by its own part")
     for m in report.members:
         if m.given is None:
             continue
