@@ -201,7 +201,8 @@ def _chain(model: keras.Model) -> list[Stage]:
         ):
             break
         out = node.outputs[0]
-        if id(out) in outputs:
+        # A mask travels beside the tensor, outside what a cut between sub-models passes.
+        if id(out) in outputs or getattr(out, "_keras_mask", None) is not None:
             break
         stages.append(Stage(node.operation, node, tensor, out, _fingerprint(node, kwargs)))
         tensor = out
@@ -506,4 +507,4 @@ def check_record(
         raise VerificationError(
             f"{what}: the graph has shared segments {found}, which the provenance does not record"
         )
-    return [{"name": name, "members": m} for name, m in found.items()]
+    return [{"name": name, "members": m} for name, m in sorted(found.items())]

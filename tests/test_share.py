@@ -336,3 +336,27 @@ def test_h5_output_with_a_shared_backbone(files: dict[str, Path], tmp_path: Path
     np.testing.assert_allclose(
         predict(load(out), X)[0], _expected(paths, [0.25, 0.75]), rtol=1e-5, atol=1e-6
     )
+
+
+def test_nested_groups_share_a_segment_after_a_segment(
+    files: dict[str, Path], tmp_path: Path, runner: CliRunner
+) -> None:
+    """Three members share the convolutions; two of them also their first Dense layer."""
+    twin = prefix_member(11)
+    set_head_weights(twin.layers[-1:], 99)  # only the last layer differs from prefix_a
+    paths = [files["prefix_a.keras"], _save(twin, tmp_path / "twin.keras"),
+             files["prefix_b.keras"]]
+    out = tmp_path / "ens.keras"
+    report = merge_files(paths, out, MergeOptions(weights=[1, 1, 2]))
+    assert report.sharing is not None
+    segments = [(s["name"], s["members"], s["after"]) for s in report.sharing["segments"]]
+    assert segments == [("shared_0", [0, 1, 2], None), ("shared_1", [0, 1], "shared_0")]
+    np.testing.assert_allclose(
+        predict(load(out), X)[0], _expected(paths, [0.25, 0.25, 0.5]), rtol=1e-5, atol=1e-6
+    )
+    result = runner.invoke(app, ["verify", str(out), *map(str, paths), "--json"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["shared"] == [
+        {"name": "shared_0", "members": [0, 1, 2]}, {"name": "shared_1", "members": [0, 1]}
+    ]
