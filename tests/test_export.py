@@ -21,7 +21,8 @@ import pytest
 from helpers import tiny_cnn
 from typer.testing import CliRunner
 
-from fuse_cli import export as export_module
+from fuse_cli import runtimes
+from fuse_cli.choices import ExportFormat
 from fuse_cli.cli import app
 from fuse_cli.merge import merge_files
 
@@ -78,9 +79,9 @@ def _run_in_own_runtime(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
         serve = tf.saved_model.load(str(path)).signatures["serving_default"]
         return serve(input=tf.constant(x))["output_0"].numpy()
     if fmt == "litert":
-        from fuse_cli.export import _litert_interpreter
+        from fuse_cli.runtimes import litert_interpreter
 
-        found = _litert_interpreter()
+        found = litert_interpreter()
         assert found is not None
         runner = found[0](model_path=str(path)).get_signature_runner()
         return runner(input=x)["output_0"]
@@ -305,13 +306,13 @@ def test_failed_conversion_exits_5_and_leaves_nothing(
 def test_parity_failure_exits_6_and_keeps_the_old_artifact(
     cnns: dict[str, Path], tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    make_runner = export_module._RUNNERS[export_module.ExportFormat.LITERT]
+    make_runner = runtimes.RUNNERS[ExportFormat.LITERT]
 
     def drifting() -> Any:
         run, runtime = make_runner()
         return (lambda *args: [y + 1e-3 for y in run(*args)]), runtime
 
-    monkeypatch.setitem(export_module._RUNNERS, export_module.ExportFormat.LITERT, drifting)
+    monkeypatch.setitem(runtimes.RUNNERS, ExportFormat.LITERT, drifting)
     out = tmp_path / "e.tflite"
     out.write_bytes(b"old")
     result = runner.invoke(
@@ -333,7 +334,7 @@ def test_artifact_its_runtime_cannot_run_exits_6(
 
         return run, "test runtime"
 
-    monkeypatch.setitem(export_module._RUNNERS, export_module.ExportFormat.LITERT, broken)
+    monkeypatch.setitem(runtimes.RUNNERS, ExportFormat.LITERT, broken)
     out = tmp_path / "e.tflite"
     result = runner.invoke(app, ["export", str(cnns["ens"]), "-f", "litert", "-o", str(out)])
     assert result.exit_code == 6
