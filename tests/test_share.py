@@ -360,3 +360,23 @@ def test_nested_groups_share_a_segment_after_a_segment(
     assert json.loads(result.stdout)["shared"] == [
         {"name": "shared_0", "members": [0, 1, 2]}, {"name": "shared_1", "members": [0, 1]}
     ]
+
+
+def test_tune_shares_by_default_and_not_with_no_share(
+    files: dict[str, Path], tmp_path: Path, runner: CliRunner
+) -> None:
+    data = tmp_path / "val.npz"
+    x = np.random.default_rng(8).random((40, 16, 16, 3), dtype=np.float32)
+    np.savez(data, x=x, y=np.arange(40) % 3)
+    paths = [files["tm_a.keras"], files["tm_c.keras"]]
+    for flag, shared in (("", True), ("--no-share", False)):
+        out = tmp_path / f"tuned{flag}.keras"
+        args = ["tune", *map(str, paths), "--data", str(data), "-o", str(out), "--json"]
+        result = runner.invoke(app, [*args, *([flag] if flag else [])], catch_exceptions=False)
+        assert result.exit_code == 0, result.stderr
+        assert ("shared_0" in _layer_names(out)) is shared
+        combine = load(out).get_layer("combine")
+        assert combine.provenance["sharing"]["enabled"] is shared
+        a, b = combine.coefficients
+        np.testing.assert_allclose(predict(load(out), X)[0], _expected(paths, [a, b]),
+                                   rtol=1e-5, atol=1e-6)
