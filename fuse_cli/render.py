@@ -66,14 +66,14 @@ def print_merge_report(report: MergeReport) -> None:
         if m.migrations:
             console.print(f"{escape(m.file)}: legacy file migrated by "
                           f"{escape(', '.join(m.migrations))}")
-    for line in sharing_lines(report.sharing, [m.file for m in report.members]):
-        console.print(f"shared:   {escape(line)}")
     _print_written(report)
     console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
 
 
 def _print_written(report: MergeReport) -> None:
     """The formula, the file written and its verification: merge's and tune's last lines."""
+    for line in sharing_lines(report.sharing, [m.file for m in report.members]):
+        console.print(f"shared:   {escape(line)}")
     console.print(f"formula:  {escape(report.formula)}")
     console.print(f"output:   {escape(report.output)} ({_size_text(report.size)})")
     if report.verified and report.max_abs_error is not None:
@@ -84,15 +84,15 @@ def _print_written(report: MergeReport) -> None:
 
 
 def sharing_lines(sharing: dict[str, Any] | None, labels: list[str]) -> list[str]:
-    """What members share and compute once, one line per shared segment, and the total."""
+    """What members share and compute once, one line per shared segment, and the total.
+
+    Nothing when nothing is shared (the JSON report still says so).
+    """
     if not sharing:
         return []
     if not sharing.get("enabled"):
-        return ["nothing (--no-share)"]
+        return ["off (--no-share)"]
     segments = sharing.get("segments") or []
-    if not segments:
-        return ["nothing: no member shares a first layer (same config and bit-identical "
-                "weights) with another fed the same input"]
     lines = []
     for seg in segments:
         names = [labels[i] if 0 <= i < len(labels) else str(i) for i in seg["members"]]
