@@ -33,7 +33,7 @@ from fuse_cli.evaluation import (
     output_shape,
     predict,
 )
-from fuse_cli.files import check_destination, check_output, publish
+from fuse_cli.files import check_destination, check_output, check_writes, publish
 from fuse_cli.formats import load_models, sha256_of
 from fuse_cli.merge import MergeOptions, check_options, merge_loaded
 from fuse_cli.report import MergeReport, file_labels
@@ -196,6 +196,8 @@ def tune_files(
     check_options(len(files), merge_options)
     check_tune_options(out, options)
     check_output(out, files, force=options.force)
+    plot = [("--plot", options.plot)] if options.plot is not None else []
+    check_writes([("-o", out), *plot], [*files, Path(data_path)])
     data = read_data(data_path)
     loaded = load_models(files, unsafe=options.unsafe, progress=say)
     labels = file_labels(files)
