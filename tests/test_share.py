@@ -8,9 +8,11 @@ Every merged file is checked against the members' own predictions, loaded apart.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from fuse_cli.choices import ExportFormat, InputsMode, Mode
 from fuse_cli.cli import app
 from fuse_cli.ensemble import build_ensemble
 from fuse_cli.export import export_file
+from fuse_cli.formats import load_model
 from fuse_cli.merge import MergeOptions, merge_files
 from fuse_cli.sharing import canonical_config, find_sharing
 
@@ -380,3 +383,41 @@ def test_tune_shares_by_default_and_not_with_no_share(
         a, b = combine.coefficients
         np.testing.assert_allclose(predict(load(out), X)[0], _expected(paths, [a, b]),
                                    rtol=1e-5, atol=1e-6)
+
+
+def _teachable_machine_copy(out: Path, head_seed: int | None, backbone_ulp: bool = False) -> Path:
+    """The Keras 2.4.0 Teachable Machine fixture with another head (and backbone) written
+    into the HDF5 file itself, as another export of the same MobileNet would have."""
+    source = Path(__file__).parent / "fixtures" / "legacy" / "teachable_machine_240.h5"
+    shutil.copyfile(source, out)
+    rng = np.random.default_rng(head_seed)
+    with h5py.File(out, "r+") as f:
+        weights = f["model_weights"]
+        if head_seed is not None:
+            for name in ("dense_Dense1/kernel:0", "dense_Dense2/kernel:0"):
+                data = weights["sequential_3"][name]
+                data[...] = rng.normal(0, 0.5, data.shape).astype(np.float32)
+        if backbone_ulp:
+            data = weights["sequential_1"]["Conv1/kernel:0"]
+            values = data[...]
+            values.flat[0] = np.nextafter(values.flat[0], np.float32(np.inf))
+            data[...] = values
+    return out
+
+
+def test_teachable_machine_exports_share_their_backbone(tmp_path: Path) -> None:
+    """Real legacy files (Keras 2.4.0 form), loaded through the legacy rules."""
+    paths = [_teachable_machine_copy(tmp_path / "a.h5", None),
+             _teachable_machine_copy(tmp_path / "b.h5", 3),
+             _teachable_machine_copy(tmp_path / "ulp.h5", 4, backbone_ulp=True)]
+    report = merge_files(paths, tmp_path / "ens.keras")
+    assert report.sharing is not None
+    (segment,) = report.sharing["segments"]
+    assert segment["members"] == [0, 1]  # the third backbone is one ulp apart
+    assert segment["layers"] == ["sequential_1 (Sequential)"]
+    x = np.random.default_rng(7).random((4, *load_model(paths[0]).model.inputs[0].shape[1:]),
+                                        dtype=np.float32)
+    outputs = [predict(load_model(p).model, x)[0].astype(np.float64) for p in paths]
+    assert not np.allclose(outputs[0], outputs[1])  # the heads do differ
+    np.testing.assert_allclose(predict(load(tmp_path / "ens.keras"), x)[0],
+                               sum(outputs) / 3, rtol=1e-5, atol=1e-6)
