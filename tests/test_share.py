@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -421,3 +423,18 @@ def test_teachable_machine_exports_share_their_backbone(tmp_path: Path) -> None:
     assert not np.allclose(outputs[0], outputs[1])  # the heads do differ
     np.testing.assert_allclose(predict(load(tmp_path / "ens.keras"), x)[0],
                                sum(outputs) / 3, rtol=1e-5, atol=1e-6)
+
+
+def test_share_benchmark_script_runs_on_tiny_members(tmp_path: Path) -> None:
+    """Smoke test of benchmarks/share_bench.py: the shape of its results, no timings."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "share_bench.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--json",
+                           str(tmp_path / "share.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| tiny CNN (--quick) | 2 |" in proc.stdout
+    (row,) = json.loads((tmp_path / "share.json").read_text())["rows"]
+    assert [s["members"] for s in row["shared"]["sharing"]["segments"]] == [[0, 1]]
+    assert row["no_share"]["sharing"]["enabled"] is False
+    assert row["shared"]["size"] < row["no_share"]["size"]
+    assert all(np.isfinite(v) and v > 0 for v in row["ratios"].values())
