@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fuse_cli.errors import VerificationError
+from fuse_cli.errors import VerificationError, first_line
 
 if TYPE_CHECKING:
     import keras
@@ -451,28 +451,38 @@ def _single_source(model: keras.Model, layer: Any) -> Any | None:
     return history[0]
 
 
-def member_functions(model: keras.Model, members: Sequence[keras.Model]) -> list[keras.Model]:
+def member_functions(
+    model: keras.Model, members: Sequence[keras.Model], what: str = "merged model"
+) -> list[keras.Model]:
     """Each member as the merged graph computes it: its shared segments, then its own part.
 
     An unshared member is returned as it is embedded. A shared one becomes a model
     from the merged input through its `shared_<j>` segments and its own part.
 
     Raises:
-        VerificationError: The recorded sharing disagrees with the graph.
+        VerificationError: A member cannot be rebuilt from the parts the graph feeds
+            it through (a file whose sub-models do not fit together).
     """
     import keras
 
     functions = []
-    for member, path in zip(members, member_paths(model, members), strict=True):
+    for i, (member, path) in enumerate(zip(members, member_paths(model, members), strict=True)):
         if len(path) == 1:
             functions.append(member)
             continue
         spec = model.inputs[0]
-        start = keras.Input(shape=tuple(spec.shape)[1:], dtype=spec.dtype)
-        tensor = start
-        for part in path:
-            tensor = part(tensor)
-        functions.append(keras.Model(start, tensor, name=f"{member.name}_with_shared"))
+        try:
+            start = keras.Input(shape=tuple(spec.shape)[1:], dtype=spec.dtype)
+            tensor = start
+            for part in path:
+                tensor = part(tensor)
+            functions.append(keras.Model(start, tensor, name=f"{member.name}_with_shared"))
+        # Keras raises these for parts whose shapes or dtypes do not fit together.
+        except (ValueError, TypeError) as exc:
+            parts = " -> ".join(p.name for p in path)
+            raise VerificationError(
+                f"{what}: member {i} cannot be rebuilt from {parts}: {first_line(exc)}"
+            ) from None
     return functions
 
 

@@ -382,7 +382,7 @@ def verify_file(
     provenance = layers[0].provenance if isinstance(layers[0].provenance, dict) else {}
     shared = check_record(str(merged), model, embedded, provenance.get("sharing"))
     # A shared member is its shared segments followed by its own part.
-    members = member_functions(model, embedded)
+    members = member_functions(model, embedded, str(merged))
     if files and len(files) != len(members):
         raise UsageError(
             f"{merged} has {len(members)} members; got {len(files)} member "
