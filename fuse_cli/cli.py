@@ -170,6 +170,11 @@ ToProbabilitiesOption = Annotated[
                        help="Append softmax (sigmoid for a single unit) to raw-score members "
                        "before combining, so they add up with probability members.")
 ]
+NoShareOption = Annotated[
+    bool, typer.Option("--no-share", help="Keep every member whole: do not compute a backbone "
+                       "that members fed one input share (same config and bit-identical "
+                       "weights) only once.")
+]
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -263,6 +268,7 @@ def merge(
                      "(repeatable): saved_model → OUT_saved_model/, litert → OUT.tflite, "
                      "onnx → OUT.onnx."),
     ] = None,
+    no_share: NoShareOption = False,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -294,6 +300,7 @@ def merge(
             force=force,
             verify=not no_verify,
             unsafe=unsafe,
+            share=not no_share,
             exports=list(export or []),
             quiet=not debug,
         )
@@ -525,6 +532,7 @@ def tune_command(
         bool, typer.Option("--no-verify", help="Skip reloading OUTPUT and checking the formula.")
     ] = False,
     batch_size: BatchSizeOption = 256,
+    no_share: NoShareOption = False,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -548,8 +556,8 @@ def tune_command(
             mode=mode, metric=metric, holdout=holdout, batch_size=batch_size,
             renormalize=renormalize, assume_nonnegative=assume_nonnegative,
             allow_mixed_outputs=allow_mixed_outputs, to_probabilities=to_probabilities,
-            name=name,
-            force=force, verify=not no_verify, unsafe=unsafe, plot=plot,
+            name=name, force=force, verify=not no_verify, unsafe=unsafe, plot=plot,
+            share=not no_share,
         )
         with render.progress_bars(not json_output) as (say, advance):
             report = tune_files(models, data, output, options, progress=say, advance=advance)

@@ -88,6 +88,7 @@ class TuneOptions:
     verify: bool = True
     unsafe: bool = False
     plot: Path | None = None
+    share: bool = True
 
 
 @dataclass
@@ -194,6 +195,7 @@ def tune_files(
         force=options.force,
         verify=options.verify,
         unsafe=options.unsafe,
+        share=options.share,
     )
     check_options(len(files), merge_options)
     check_tune_options(out, options)
