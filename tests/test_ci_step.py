@@ -356,3 +356,29 @@ def test_to_probabilities_lets_raw_members_into_product_mode(
     a, lin = predict(load(zoo["a.keras"]), x)[0], predict(load(zoo["linear.keras"]), x)[0]
     expected = a.astype(np.float64) ** 0.5 * numpy_softmax(lin) ** 0.5
     np.testing.assert_allclose(predict(load(out), x)[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_to_probabilities_with_a_shared_backbone(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """Members sharing a frozen backbone (computed once), one head raw: softmax appended."""
+    from helpers import tm_member
+
+    probs, raw = tm_member(1), tm_member(2, name="raw")
+    raw.get_layer("head").layers[-1].activation = keras.activations.linear
+    probs.save(tmp_path / "probs.keras")
+    raw.save(tmp_path / "raw.keras")
+    out = tmp_path / "x.keras"
+    report = validated(fuse(runner, "merge", tmp_path / "probs.keras", tmp_path / "raw.keras",
+                            "-o", out, "--to-probabilities", "--json", ok=True).stdout)
+    assert report["formula"] == "0.5 * probs.keras + 0.5 * softmax(raw.keras)"
+    sharing = load(out).get_layer("combine").get_config()["provenance"]["sharing"]
+    assert sharing["segments"], sharing  # the backbone really is shared
+    x = np.random.default_rng(8).random((3, 16, 16, 3), dtype=np.float32)
+    p = predict(load(tmp_path / "probs.keras"), x)[0]
+    r = predict(load(tmp_path / "raw.keras"), x)[0]
+    np.testing.assert_allclose(predict(load(out), x)[0], 0.5 * p + 0.5 * numpy_softmax(r),
+                               rtol=1e-5, atol=1e-6)
+    verified = validated(fuse(runner, "verify", out, tmp_path / "probs.keras",
+                              tmp_path / "raw.keras", "--json", ok=True).stdout)
+    assert verified["formula_max_abs_error"] < 1e-6
