@@ -163,6 +163,13 @@ def _tuning_text(tuning: dict[str, Any]) -> str:
     data = tuning.get("data") or {}
     text = (f"{tuning.get('method')} on {tuning.get('metric')}, data {data.get('file')} "
             f"({data.get('rows')} rows, holdout {tuning.get('holdout')})")
+    cv = tuning.get("cv") or {}
+    folds = cv.get("folds") if isinstance(cv, dict) else None
+    if isinstance(folds, list) and folds:
+        losses = [v for f in folds if isinstance(f, dict)
+                  and isinstance(v := f.get("log_loss"), float)]
+        if len(losses) == len(folds):
+            text += f"; {len(folds)}-fold cv log-loss {sum(losses) / len(losses):.4f}"
     held = tuning.get("heldout") or {}
     scores = ", ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in held.items()
                        if k in ("accuracy", "log_loss") and isinstance(v, float))
@@ -193,17 +200,18 @@ def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
         return
     from rich.progress import (
         BarColumn,
+        MofNCompleteColumn,
         Progress,
         SpinnerColumn,
-        TaskProgressColumn,
         TextColumn,
         TimeRemainingColumn,
     )
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               TaskProgressColumn(), TimeRemainingColumn())
+               MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bars:
-        status = bars.add_task("starting", total=None)
+        status = bars.add_task("starting", total=None, rate="")
         tasks: dict[str, Any] = {}
 
         def say(message: str) -> None:
@@ -211,8 +219,13 @@ def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
 
         def advance(label: str, done: int, total: int) -> None:
             if label not in tasks:
-                tasks[label] = bars.add_task(f"predicting with {escape(label)}", total=total)
-            bars.update(tasks[label], completed=done)
+                tasks[label] = bars.add_task(f"predicting with {escape(label)}", total=total,
+                                             rate="")
+            task = tasks[label]
+            bars.update(task, completed=done, total=total)
+            speed = bars.tasks[task].speed if task < len(bars.tasks) else None
+            if speed:
+                bars.update(task, rate=f"{speed:,.0f} rows/s")
 
         yield say, advance
 
@@ -227,6 +240,10 @@ def print_evaluation(report: EvaluationReport) -> None:
         table.add_row(escape(m.file), m.output_shape, f"{m.accuracy:.4f}",
                       "n/a" if m.log_loss is None else f"{m.log_loss:.4f}")
     console.print(table)
+    if report.skipped:
+        console.print(f"skipped:  {report.skipped} images that cannot be decoded")
+    if report.predictions:
+        console.print(f"saved:    {escape(report.predictions)} (predictions, labels, SHA-256s)")
 
 
 _SEARCHES = {
@@ -240,10 +257,12 @@ def print_tune_report(report: TuneReport) -> None:
     fit, held = report.fit, report.heldout
     split = (f"{fit.rows} to fit the weights, {held.rows} held out (--holdout "
              f"{report.holdout:g}, seed {report.seed})" if held else
-             f"all {fit.rows} to fit the weights (--holdout 0)")
+             f"all {fit.rows} to fit the weights")
     console.print(f"data:     {escape(report.data)}, {report.rows} rows: {split}")
     console.print(f"search:   {_SEARCHES.get(report.method, report.method)}; "
                   f"metric {report.metric}")
+    if report.cv is not None:
+        _print_folds(report)
     table = Table(title_justify="left")
     table.add_column("model", overflow="fold")
     table.add_column("weight", justify="right")
@@ -262,6 +281,31 @@ def print_tune_report(report: TuneReport) -> None:
     if report.plot:
         console.print(f"plot:     {escape(report.plot)}")
     console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
+
+
+def _print_folds(report: TuneReport) -> None:
+    """Each fold's weights (searched without it) and scores (on it), then mean and spread."""
+    cv = report.cv
+    assert cv is not None
+    console.print(f"cv:       {len(cv.folds)} folds (stratified, seed {report.seed}): each "
+                  "fold scored with the weights searched on the others; the weights are "
+                  "their mean")
+    table = Table(title_justify="left")
+    for column in ("fold", "rows", f"weight of {escape(report.files[0])}", "accuracy",
+                   "log-loss"):
+        table.add_column(column, justify="left" if column == "fold" else "right")
+    for i, fold in enumerate(cv.folds, start=1):
+        table.add_row(str(i), str(fold.rows), f"{fold.weights[0]:.4g}",
+                      *_score_cells([fold.scores]))
+    cells = []
+    for metric in ("accuracy", "log_loss"):
+        found = cv.summary(metric)
+        cells.append("n/a" if found is None else f"{found[0]:.4f} ± {found[1]:.4f}")
+    first = [f.weights[0] for f in cv.folds]
+    mean = sum(first) / len(first)
+    spread = (sum((w - mean) ** 2 for w in first) / len(first)) ** 0.5
+    table.add_row("mean ± sd", "", f"{mean:.4g} ± {spread:.2g}", *cells, style="bold")
+    console.print(table)
 
 
 def _score_cells(scores: list[Scores]) -> list[str]:
