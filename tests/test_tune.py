@@ -239,7 +239,8 @@ def test_tune_members_with_two_inputs(runner: CliRunner, tmp_path: Path) -> None
         keras.Model([wide, narrow], outputs).save(paths[-1])
     x, y = blobs(60, seed=3)
     np.savez(tmp_path / "d.npz", x0=x[:, :3], x1=x[:, 3:4].repeat(2, axis=1), y=y)
-    report = tune_json(runner, *paths, "--data", tmp_path / "d.npz", "-o", tmp_path / "e.keras")
+    report = tune_json(runner, *paths, "--data", tmp_path / "d.npz", "--holdout", "0.3",
+                       "-o", tmp_path / "e.keras")
     assert report["merge"]["inputs"] == "shared" and report["heldout"]["rows"] == 18
     np.savez(tmp_path / "swapped.npz", x0=x[:, 3:4].repeat(2, axis=1), x1=x[:, :3], y=y)
     result = run(runner, "tune", *paths, "--data", tmp_path / "swapped.npz",
@@ -252,9 +253,9 @@ def test_tune_members_with_two_inputs(runner: CliRunner, tmp_path: Path) -> None
 def test_tune_weight_matches_brute_force_on_real_members(
     runner: CliRunner, trio: dict[str, Path], tmp_path: Path
 ) -> None:
-    """--holdout 0 fits on every row, so the brute force can see the same rows."""
+    """--cv 0 (--holdout is 0 by default) fits on every row, as the brute force does."""
     report = tune_json(runner, trio["strong"], trio["other"], "--data", trio["val"],
-                       "--holdout", "0", "-o", tmp_path / "e.keras")
+                       "--cv", "0", "-o", tmp_path / "e.keras")
     x, y = val_data(trio)
     members = [predict(load(trio[name]), x)[0] for name in ("strong", "other")]
     assert report["method"] == "grid" and report["heldout"] is None
@@ -266,7 +267,7 @@ def test_useless_member_gets_weight_near_zero(
 ) -> None:
     for names in (("strong", "untrained"), ("strong", "other", "untrained")):
         report = tune_json(runner, *(trio[n] for n in names), "--data", trio["val"],
-                           "-o", tmp_path / f"e{len(names)}.keras")
+                           "--holdout", "0.3", "-o", tmp_path / f"e{len(names)}.keras")
         assert report["method"] == ("grid" if len(names) == 2 else "greedy")
         assert report["weights"][-1] <= 0.02, report["weights"]
         held = report["heldout"]
@@ -283,7 +284,7 @@ def test_tune_writes_a_verified_model_recording_the_tuning(
     pytest.importorskip("matplotlib")
     out, plot = tmp_path / "tuned.h5", tmp_path / "search.png"
     result = run(runner, "tune", trio["strong"], trio["other"], "--data", trio["val"],
-                 "--mode", "product", "-o", out, "--plot", plot, ok=True)
+                 "--holdout", "0.3", "--mode", "product", "-o", out, "--plot", plot, ok=True)
     for text in ("120 held out", "exact grid", "tuned ensemble", "equal weights",
                  "verified: reloaded"):
         assert text in result.stdout
@@ -292,7 +293,8 @@ def test_tune_writes_a_verified_model_recording_the_tuning(
     model = load(out)
     combine = model.get_layer("combine")
     tuning = combine.provenance["tuning"]
-    assert tuning["metric"] == "log_loss" and tuning["method"] == "grid"
+    assert tuning["metric"] == "log_loss" and tuning["method"] == "cv5-grid"
+    assert tuning["cv"]["k"] == 5 and len(tuning["cv"]["folds"]) == 5
     assert tuning["data"]["file"] == "val.npz" and len(tuning["data"]["sha256"]) == 64
     assert tuning["heldout"]["rows"] == 120
     assert combine.provenance["weights"] == combine.coefficients
@@ -302,7 +304,7 @@ def test_tune_writes_a_verified_model_recording_the_tuning(
     np.testing.assert_allclose(predict(model, x)[0], expected, rtol=1e-5, atol=1e-6)
 
     inspected = run(runner, "inspect", out, ok=True)
-    assert "tuned:      grid on log_loss, data val.npz" in inspected.stdout
+    assert "tuned:      cv5-grid on log_loss, data val.npz" in inspected.stdout
     shown = json.loads(run(runner, "inspect", out, "--json", ok=True).stdout)
     assert shown["models"][0]["ensemble"]["tuning"] == tuning
 
