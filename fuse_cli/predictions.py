@@ -32,6 +32,7 @@ from fuse_cli.files import publish
 from fuse_cli.formats.screening import check_regular_file
 
 FORMAT = "fuse-predictions/1"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _OUTPUT_KEY = re.compile(r"^p(0|[1-9][0-9]*)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -97,6 +98,14 @@ def read_predictions(path: str | Path) -> Predictions:
     """
     path = Path(path)
     check_regular_file(path, DataLoadError, "a predictions .npz file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise DataLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if head not in _ZIP_MAGICS:
+        raise DataLoadError(f"{path}: not an .npz archive (numpy.savez); expected 'y', "
+                            "'p0', 'p1', ..., 'files' and 'sha256'")
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)

@@ -13,8 +13,10 @@ from helpers import load, predict
 from typer.testing import CliRunner
 
 from fuse_cli.cli import app
+from fuse_cli.data import stratified_folds
 from fuse_cli.ensemble import Mode
-from fuse_cli.search import Ensembler, greedy_search, grid_search
+from fuse_cli.errors import DataError
+from fuse_cli.search import Ensembler, cross_validate, greedy_search, grid_search
 from fuse_cli.verification import reference
 
 EPS = 1e-7
@@ -169,6 +171,68 @@ def test_scores_follow_argmax_on_ties() -> None:
         expected = numpy_scores(p.astype(np.float64), y)
         assert accuracy[0] == expected[0]
         assert log_loss[0] == pytest.approx(expected[1], rel=1e-6)
+
+
+# --- cross-validation against brute force ---
+
+
+def test_folds_are_disjoint_covering_fixed_and_stratified() -> None:
+    labels = np.repeat(np.arange(4), [50, 30, 15, 5])
+    folds = stratified_folds(labels, 5)
+    np.testing.assert_array_equal(np.sort(np.concatenate(folds)), np.arange(100))
+    assert [len(f) for f in folds] == [20] * 5
+    for fold in folds:
+        for c, count in enumerate([50, 30, 15, 5]):
+            assert abs(np.sum(labels[fold] == c) - count / 5) <= 1
+    for a, b in zip(folds, stratified_folds(labels, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(DataError, match="--cv 5 needs at least 5 rows"):
+        stratified_folds(labels[:4], 5)
+
+
+@pytest.mark.parametrize("mode", [Mode.SUM, Mode.PRODUCT])
+def test_cross_validation_matches_brute_force(mode: Mode) -> None:
+    """Each fold: the brute-force weight on the other folds, scored in numpy on it."""
+    members, y = constructed_case()
+    folds = stratified_folds(y, 4)
+    cv = cross_validate(members, y, folds, mode, "log_loss")
+    everything = np.arange(len(y))
+    found = []
+    for fold, result in zip(folds, cv.folds, strict=True):
+        train = np.setdiff1d(everything, fold)
+        w = brute_force([m[train] for m in members], y[train], mode, "log_loss")
+        (p,) = reference([[m[fold]] for m in members], [w, 1 - w], mode, renormalize=True)
+        accuracy, log_loss = numpy_scores(p, y[fold])
+        assert result.weights == [pytest.approx(w), pytest.approx(1 - w)]
+        assert result.rows == len(fold)
+        assert result.scores.accuracy == pytest.approx(accuracy, abs=1e-12)
+        assert result.scores.log_loss == pytest.approx(log_loss, rel=1e-6)
+        found.append((w, log_loss))
+    weights, losses = np.array(found).T
+    assert cv.weights == [pytest.approx(weights.mean()), pytest.approx(1 - weights.mean())]
+    assert cv.summary("log_loss") == (pytest.approx(losses.mean()), pytest.approx(losses.std()))
+    assert len(set(weights)) > 1  # the folds disagree: the case tests the averaging
+
+
+def test_tune_cv_report_on_real_members(
+    runner: CliRunner, trio: dict[str, Path], tmp_path: Path
+) -> None:
+    """The default (--cv 5, every row): fold weights as brute force, held out by fold."""
+    report = tune_json(runner, trio["strong"], trio["other"], "--data", trio["val"],
+                       "-o", tmp_path / "e.keras")
+    x, y = val_data(trio)
+    members = [predict(load(trio[name]), x)[0] for name in ("strong", "other")]
+    folds = stratified_folds(y, 5)
+    assert report["heldout"] is None and report["cv"]["k"] == 5
+    expected = []
+    for fold, found in zip(folds, report["cv"]["folds"], strict=True):
+        train = np.setdiff1d(np.arange(len(y)), fold)
+        w = brute_force([m[train] for m in members], y[train], Mode.SUM, "log_loss")
+        assert found["weights"][0] == pytest.approx(w) and found["rows"] == 80
+        expected.append(w)
+    assert report["weights"][0] == pytest.approx(np.mean(expected))
+    losses = [f["log_loss"] for f in report["cv"]["folds"]]
+    assert report["cv"]["log_loss"]["std"] == pytest.approx(np.std(losses))
 
 
 # --- evaluate against numpy ---
@@ -377,6 +441,7 @@ def test_exit_2_labels_beyond_the_classes(
     ("options", "message"),
     [
         (["--holdout", "1"], "--holdout must be at least 0 and below 1; got 1.0"),
+        (["--cv", "1"], "--cv must be 0 (one search) or at least 2 folds; got 1"),
         (["--plot", "search.txt"], "must end in .png, .svg, .pdf; got '.txt'"),
         (["--batch-size", "0"], "--batch-size must be at least 1; got 0"),
         (["--renormalize"], "--renormalize applies to --mode product only"),
