@@ -194,13 +194,15 @@ def print_verify_report(report: VerifyReport) -> None:
 
 @contextmanager
 def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
-    """A status line and one bar per model while predicting, on stderr, only on a terminal."""
+    """A status line and one bar per pass over the data, on stderr, only on a terminal.
+
+    Each bar shows the rows done, the rate (rows per second) and the time left.
+    """
     if not (enabled and sys.stderr.isatty()):
         yield None, None
         return
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
         Progress,
         SpinnerColumn,
         TextColumn,
@@ -208,10 +210,10 @@ def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
     )
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TextColumn("{task.fields[count]}"), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bars:
-        status = bars.add_task("starting", total=None, rate="")
+        status = bars.add_task("starting", total=None, count="", rate="")
         tasks: dict[str, Any] = {}
 
         def say(message: str) -> None:
@@ -220,10 +222,10 @@ def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
         def advance(label: str, done: int, total: int) -> None:
             if label not in tasks:
                 tasks[label] = bars.add_task(f"predicting with {escape(label)}", total=total,
-                                             rate="")
+                                             count="", rate="")
             task = tasks[label]
-            bars.update(task, completed=done, total=total)
-            speed = bars.tasks[task].speed if task < len(bars.tasks) else None
+            bars.update(task, completed=done, total=total, count=f"{done:,}/{total:,} rows")
+            speed = next((t.speed for t in bars.tasks if t.id == task), None)
             if speed:
                 bars.update(task, rate=f"{speed:,.0f} rows/s")
 
