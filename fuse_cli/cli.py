@@ -379,7 +379,11 @@ DataOption = Annotated[
                  "with one subfolder per class (keras.utils.image_dataset_from_directory), "
                  "streamed and resized to each model's input size."),
 ]
-BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Rows per predict batch.")]
+BatchSizeOption = Annotated[
+    int | None,
+    typer.Option("--batch-size", show_default=False,
+                 help="Rows per predict batch. Default: 256 rows of an .npz file, 32 images."),
+]
 RescaleOption = Annotated[
     str | None,
     typer.Option("--rescale", metavar="SCALE", show_default=False,
@@ -450,7 +454,7 @@ def evaluate_command(
     rescale: RescaleOption = None,
     offset: OffsetOption = None,
     skip_bad_images: SkipBadOption = False,
-    batch_size: BatchSizeOption = 256,
+    batch_size: BatchSizeOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace the --save-predictions file if it exists.")
     ] = False,
@@ -541,7 +545,7 @@ def tune_command(
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip reloading OUTPUT and checking the formula.")
     ] = False,
-    batch_size: BatchSizeOption = 256,
+    batch_size: BatchSizeOption = None,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,

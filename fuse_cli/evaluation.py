@@ -37,7 +37,8 @@ from fuse_cli.search import are_probabilities, score
 Say = Callable[[str], None]
 Advance = Callable[[str, int, int], None]  # (model label, rows done, rows in all)
 
-BATCH_SIZE = 256
+BATCH_SIZE = 256  # rows of an .npz file per predict batch
+IMAGE_BATCH_SIZE = 32  # images per batch, as keras.utils.image_dataset_from_directory
 
 Data = Dataset | ImageFolder
 
@@ -172,7 +173,7 @@ def model_outputs(
     data: Data,
     *,
     label: str,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
     images: ImageOptions | None = None,
     advance: Advance | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,11 +193,13 @@ def model_outputs(
             warnings.simplefilter("ignore")
             output, rows = predict_folder(model, data, label=label, size=size,
                                           options=images or ImageOptions(),
-                                          batch_size=batch_size, advance=advance)
+                                          batch_size=batch_size or IMAGE_BATCH_SIZE,
+                                          advance=advance)
         check_finite(output, label, data.name)
         return output, data.labels[rows], rows
     found = labels_for(data, shape, label)
-    output = predict(model, data, label=label, batch_size=batch_size, advance=advance)
+    output = predict(model, data, label=label, batch_size=batch_size or BATCH_SIZE,
+                     advance=advance)
     return output, checked_labels(data, output, found, label), np.arange(data.rows)
 
 
@@ -249,7 +252,7 @@ def evaluate_files(
     paths: Sequence[str | Path],
     data_path: str | Path,
     *,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
     unsafe: bool = False,
     images: ImageOptions | None = None,
     save: Path | None = None,
@@ -265,7 +268,7 @@ def evaluate_files(
         paths: One or more model files.
         data_path: The .npz data file (see `fuse_cli.data`) or a folder of images
             (see `fuse_cli.images`).
-        batch_size: Rows per predict batch.
+        batch_size: Rows per predict batch (default 256 for .npz rows, 32 for images).
         unsafe: Allow code-carrying layers, as `fuse merge --unsafe`.
         images: Preprocessing and bad-file handling for a folder of images.
         save: Also write every model's predictions there (see `fuse_cli.predictions`).
@@ -336,6 +339,6 @@ def shape_text(shape: Sequence[int]) -> str:
     return "(" + ", ".join(["None", *(str(d) for d in shape)]) + ")"
 
 
-def check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
+def check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1; got {batch_size}")

@@ -181,7 +181,7 @@ def folder_labels(folder: ImageFolder, output_shape: Sequence[int | None], label
     )
 
 
-def _dataset(folder: ImageFolder, rows: np.ndarray, size: tuple[int, int, int],
+def image_batches(folder: ImageFolder, rows: np.ndarray, size: tuple[int, int, int],
              options: ImageOptions, batch_size: int) -> Any:
     """(images, positions) batches; an image that fails to read or decode is dropped."""
     import tensorflow as tf
@@ -244,7 +244,7 @@ def predict_folder(
     expected = 0
     if advance is not None:
         advance(label, 0, total)
-    for images, positions in _dataset(folder, rows, size, options, batch_size):
+    for images, positions in image_batches(folder, rows, size, options, batch_size):
         found = positions.numpy()
         if found[-1] - expected + 1 != len(found):
             _missing(folder, rows, expected, found, options)

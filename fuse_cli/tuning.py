@@ -26,7 +26,6 @@ from fuse_cli.data import SPLIT_SEED, Dataset, split_rows, stratified_folds
 from fuse_cli.ensemble import check_nonnegative, check_outputs
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
-    BATCH_SIZE,
     Advance,
     Data,
     Say,
@@ -90,7 +89,7 @@ class TuneOptions:
     metric: Metric = Metric.LOG_LOSS
     holdout: float = HOLDOUT
     cv: int = CV_FOLDS
-    batch_size: int = BATCH_SIZE
+    batch_size: int | None = None  # 256 rows of an .npz file, 32 images
     images: ImageOptions | None = None
     predictions: Path | None = None
     renormalize: bool = False
