@@ -219,6 +219,12 @@ def tune_files(
                          "--predictions (saved by fuse evaluate --save-predictions)")
     source = Path(data_path) if data_path is not None else options.predictions
     assert source is not None
+    images = options.images
+    if options.predictions is not None and images is not None and (
+        images.rescale is not None or images.offset is not None or images.skip_bad
+    ):
+        raise UsageError("--rescale, --offset and --skip-bad-images apply to --data DIR; "
+                         "--predictions were computed already")
     check_tune_options(out, options, [*files, source])
     check_output(out, [*files, source], force=options.force)
     saved = read_predictions(source) if options.predictions is not None else None
