@@ -267,6 +267,20 @@ def test_exit_2_image_options_need_a_folder(
     assert "apply to a folder of images" in result.stderr
 
 
+def test_exit_2_tune_needs_data_or_predictions_not_both(
+    runner: CliRunner, images: dict[str, Path], tmp_path: Path
+) -> None:
+    members = [images["rgb"], images["gray"]]
+    for extra in ([], ["--data", images["folder"], "--predictions", tmp_path / "p.npz"]):
+        result = run(runner, "tune", *members, *extra, "-o", tmp_path / "e.keras")
+        assert result.exit_code == 2
+        assert "give either --data (a .npz file or a folder of images) or --predictions" in (
+            result.stderr)
+    result = run(runner, "tune", *members, "--predictions", tmp_path / "p.npz",
+                 "--rescale", "1/255", "-o", tmp_path / "e.keras")
+    assert result.exit_code == 2 and "--predictions were computed already" in result.stderr
+
+
 def test_exit_2_model_without_a_fixed_image_size(
     runner: CliRunner, images: dict[str, Path], zoo: dict[str, Path]
 ) -> None:
