@@ -8,15 +8,10 @@ renamed into place. A failed conversion or parity check leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import logging
 import os
-import re
-import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +23,7 @@ from fuse_cli.ensemble import input_specs
 from fuse_cli.errors import OutputError, UsageError, VerificationError, first_line
 from fuse_cli.files import MODEL_SUFFIXES, check_output_folder, publish
 from fuse_cli.formats import check_keras, check_model_path, load_model
+from fuse_cli.runtimes import RUNNERS, litert_interpreter, quiet_native_logs
 from fuse_cli.verification import compare, run, sample_batch
 
 if TYPE_CHECKING:
@@ -100,7 +96,7 @@ def check_requirements(fmt: ExportFormat, *, verify: bool = True) -> None:
     if verify:
         needs.update(_RUNTIME_NEEDS.get(fmt, {}))
     missing = [pip_name for module, pip_name in needs.items() if not _importable(module)]
-    if fmt is ExportFormat.LITERT and verify and _litert_interpreter() is None:
+    if fmt is ExportFormat.LITERT and verify and litert_interpreter() is None:
         missing.append("ai-edge-litert")
     if missing:
         raise UsageError(
@@ -241,11 +237,11 @@ def export_model(
     parity: list[tuple[float, str]] = []
 
     def write(tmp: Path) -> None:
-        with _quiet(quiet):
+        with quiet_native_logs(quiet):
             _convert(model, fmt, tmp, out)
 
     def check(tmp: Path) -> None:
-        with _quiet(quiet):
+        with quiet_native_logs(quiet):
             parity.append(check_parity(model, fmt, tmp, batch, expected, what=str(out)))
 
     size = publish(
@@ -320,7 +316,7 @@ def check_parity(
         VerificationError: Outputs differ beyond tolerance, or are NaN/inf.
     """
     names = [str(t.name) for t in model.inputs]
-    runner, runtime = _RUNNERS[fmt]()
+    runner, runtime = RUNNERS[fmt]()
     try:
         actual = runner(artifact, names, batch)
     except VerificationError:
@@ -338,124 +334,3 @@ def check_parity(
         rtol=PARITY_RTOL, atol=PARITY_ATOL, against="the Keras model",
     )
     return error, runtime
-
-
-Runner = Callable[[Path, list[str], list[Any]], list[Any]]
-
-
-def _saved_model_runner() -> tuple[Runner, str]:
-    import tensorflow as tf
-
-    def run(path: Path, names: list[str], batch: list[Any]) -> list[Any]:
-        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-        keys = list(signature.structured_input_signature[1])
-        feeds = {k: tf.constant(v) for k, v in _feeds(path, keys, names, batch).items()}
-        return _ordered({k: v.numpy() for k, v in signature(**feeds).items()})
-
-    return run, f"tf.saved_model (tensorflow {tf.__version__})"
-
-
-def _litert_runner() -> tuple[Runner, str]:
-    found = _litert_interpreter()
-    if found is None:  # check_requirements stops this earlier
-        raise UsageError("no LiteRT interpreter: pip install 'fuse-cli[litert]'")
-    interpreter_class, runtime = found
-
-    def run(path: Path, names: list[str], batch: list[Any]) -> list[Any]:
-        runner = interpreter_class(model_path=str(path)).get_signature_runner()
-        keys = list(runner.get_input_details())
-        return _ordered(runner(**_feeds(path, keys, names, batch)))
-
-    return run, runtime
-
-
-def _litert_interpreter() -> tuple[Any, str] | None:
-    """The LiteRT interpreter: `ai_edge_litert`, else TensorFlow's deprecated `tf.lite`."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        from ai_edge_litert import interpreter as litert
-
-        return litert.Interpreter, f"ai_edge_litert {version('ai-edge-litert')}"
-    except (ImportError, PackageNotFoundError):
-        pass
-    try:
-        import tensorflow as tf
-
-        return tf.lite.Interpreter, f"tf.lite (tensorflow {tf.__version__})"
-    except (ImportError, AttributeError):
-        return None
-
-
-def _onnx_runner() -> tuple[Runner, str]:
-    import onnxruntime as ort
-
-    def run(path: Path, names: list[str], batch: list[Any]) -> list[Any]:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        keys = [i.name for i in session.get_inputs()]
-        return list(session.run(None, _feeds(path, keys, names, batch)))
-
-    return run, f"onnxruntime {ort.__version__}"
-
-
-_RUNNERS: dict[ExportFormat, Callable[[], tuple[Runner, str]]] = {
-    ExportFormat.SAVED_MODEL: _saved_model_runner,
-    ExportFormat.LITERT: _litert_runner,
-    ExportFormat.ONNX: _onnx_runner,
-}
-
-
-def _feeds(path: Path, keys: list[str], names: list[str], batch: list[Any]) -> dict[str, Any]:
-    """Match the artifact's input names to the model's: by name, else by position."""
-    if sorted(keys) == sorted(names):
-        return {k: batch[names.index(k)] for k in keys}
-    if len(keys) == len(batch):
-        return dict(zip(keys, batch, strict=True))
-    raise VerificationError(
-        f"{path}: the artifact has inputs {keys}, but the model has {names}"
-    )
-
-
-def _ordered(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs named `output_0`, `output_1`, ... in numeric order."""
-
-    def index(key: str) -> tuple[int, str]:
-        found = re.search(r"(\d+)$", key)
-        return (int(found.group(1)) if found else -1, key)
-
-    return [outputs[k] for k in sorted(outputs, key=index)]
-
-
-@contextlib.contextmanager
-def _quiet(enabled: bool) -> Iterator[None]:
-    """Keep converters' and runtimes' native log lines (fd 2) and warnings off stderr.
-
-    TFLite announces its XNNPACK delegate and TensorFlow its graph passes from C++,
-    where Python's logging cannot reach; they would bury fuse's one-line messages.
-    """
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    loggers = [logging.getLogger(name) for name in ("tf2onnx", "absl", "tensorflow")]
-    levels = [logger.level for logger in loggers]
-    try:
-        os.dup2(devnull, 2)
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)

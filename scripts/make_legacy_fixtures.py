@@ -481,8 +481,9 @@ attribute exactly as those versions stored it, and set the `keras_version` attri
 bytecode, as Keras 2 stored every Lambda) that sets the environment variable
 `{sentinel}` when it runs; building the model would run it. Loading them in safe mode must
 fail with exit 3 and leave that variable unset: the tests check both. The marshalled
-bytecode is Python {python}'s, so the one test that loads them with safe mode *off* runs
-only on that Python.
+bytecode is Python {python}'s and loads only there, so the one test that loads a Lambda
+with safe mode *off* first rewrites `lambda_keras20_list.h5`'s function with the running
+Python's bytecode: it runs on every supported Python.
 """
 
 

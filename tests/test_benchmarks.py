@@ -1,102 +1,61 @@
-"""Smoke test of the benchmark script: it runs end to end on tiny members.
+"""Smoke test of the benchmark script: one section, run for real, reports what it measured.
 
-Only the shape of the results is checked (every measurement present, positive,
-every ratio finite); timings are never asserted (DESIGN §7).
+The whole `--quick` run costs about 30 s and is left to `python benchmarks/run.py
+--quick`; here the startup section runs once (three fresh processes), and its report
+is checked against its own parts: each ratio is the quotient of the medians it names,
+each median is its samples', and each log holds the measured command's real output.
+Timings are never asserted (DESIGN §7).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import subprocess
+import importlib.util
+import os
+import statistics
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+import fuse_cli
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-MEASURED = ("wall_s", "cpu_s", "max_rss_mib")
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out / "results"),
-         "--json", str(out / "bench.json")],
-        capture_output=True, text=True, timeout=900,
+def benchmark_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fuse_benchmark_run", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_startup_section_reports_ratios_of_its_own_measurements(tmp_path: Path) -> None:
+    run = benchmark_module()
+    runner = run.Runner(tmp_path, dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+    startup = run.bench_startup(runner, 1)
+
+    series = {name: startup[name] for name in ("fuse_help", "fuse_version", "import_keras")}
+    for found in series.values():
+        assert found["runs"] == len(found["samples"]) == 1
+        for key in ("wall_s", "cpu_s", "max_rss_mib"):
+            assert found[key] == statistics.median(s[key] for s in found["samples"]) > 0
+    help_, version, keras_ = series["fuse_help"], series["fuse_version"], series["import_keras"]
+    assert startup["ratio_wall"] == pytest.approx(help_["wall_s"] / keras_["wall_s"], rel=1e-12)
+    assert startup["ratio_wall_version"] == pytest.approx(
+        version["wall_s"] / keras_["wall_s"], rel=1e-12
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| measurement |" in proc.stdout
-    assert (out / "results" / "table.md").read_text() in proc.stdout
-    assert not (out / "results" / "models").exists()  # model files are removed
-    return json.loads((out / "bench.json").read_text())
-
-
-def assert_series(series: dict, runs: int) -> None:
-    assert series["runs"] == runs == len(series["samples"])
-    for key in MEASURED:
-        assert series[key] > 0
-        assert all(sample[key] > 0 for sample in series["samples"])
-
-
-def assert_ratio(value: float) -> None:
-    assert math.isfinite(value) and value > 0
-
-
-def test_startup_is_measured(results: dict) -> None:
-    startup = results["startup"]
-    for name in ("fuse_help", "fuse_version", "import_keras"):
-        assert_series(startup[name], 1)
-    for key in ("ratio_wall", "ratio_wall_version", "ratio_rss"):
-        assert_ratio(startup[key])
-
-
-def test_merge_against_plain_keras_is_measured(results: dict) -> None:
-    merge = results["merge"]
-    assert merge["members"] == 2
-    for name in ("fuse", "peer", "fuse_no_verify"):
-        assert_series(merge[name], 1)
-    for key in ("ratio_wall", "ratio_cpu", "ratio_rss", "ratio_wall_no_verify",
-                "ratio_rss_no_verify", "ratio_size"):
-        assert_ratio(merge[key])
-    for key in ("members_size_bytes", "fuse_size_bytes", "peer_size_bytes"):
-        assert merge[key] > 0
-    member_sizes = [m["size"] for m in results["config"]["member_files"][:2]]
-    assert merge["members_size_bytes"] == sum(member_sizes)
-
-
-def test_predict_is_measured(results: dict) -> None:
-    predict = results["predict"]
-    assert predict["batch"] == 64
-    for key in ("merged_s", "members_summed_s", "merged_cpu_s", "members_summed_cpu_s",
-                "cold_merged_s", "cold_members_summed_s"):
-        assert predict[key] > 0
-    for key in ("ratio", "ratio_cpu", "ratio_cold"):
-        assert_ratio(predict[key])
-    assert len(predict["samples"]["merged_s"]) == 2  # --quick: two timed rounds
-
-
-def test_scaling_is_measured(results: dict) -> None:
-    rows = results["scaling"]["rows"]
-    assert [row["members"] for row in rows] == [2, 3]
-    for row in rows:
-        assert_series(row["fuse"], 1)
-        assert_series(row["peer"], 1)
-        assert_ratio(row["ratio_wall"])
-        assert_ratio(row["ratio_rss"])
-        assert row["fuse_size_bytes"] > row["members_size_bytes"] // 2
-    for fit in results["scaling"]["fits"].values():
-        assert all(math.isfinite(fit[key]) for key in ("slope", "intercept", "r2"))
-
-
-def test_goals_and_machine_are_recorded(results: dict) -> None:
-    goals = results["goals"]
-    assert len(goals) == 6
-    for goal in goals:
-        assert math.isfinite(goal["value"]) and goal["limit"] > 0
-        assert isinstance(goal["met"], bool)
-    machine = results["machine"]
-    assert machine["cpus"] >= 1 and machine["memory_gib"] > 0
-    assert machine["versions"]["keras"]
-    assert len(machine["load_average"]["start"]) == len(machine["load_average"]["end"]) == 3
+    assert startup["ratio_rss"] == pytest.approx(
+        help_["max_rss_mib"] / keras_["max_rss_mib"], rel=1e-12
+    )
+    # The commands really ran: each log holds its command's own output.
+    logs = {path.name: path.read_text() for path in tmp_path.iterdir()}
+    assert len(logs) == 3
+    (help_log,) = (text for name, text in logs.items() if name.endswith("fuse-help.log"))
+    (version_log,) = (text for name, text in logs.items() if name.endswith("fuse-version.log"))
+    assert "merge" in help_log and "Usage" in help_log
+    assert fuse_cli.__version__ in version_log
+    assert help_["command"][-1] == "--help" and keras_["command"][1:] == ["-c", "import keras"]

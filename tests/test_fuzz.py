@@ -1,9 +1,13 @@
-"""Property test: corrupting any bytes of a valid model never crashes fuse (exit 1)."""
+"""Property test: corrupting any bytes of a valid model never crashes fuse (exit 1), and
+a corrupted file that fuse does load is the very model Keras loads from it."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +28,24 @@ def mutate(data: bytes, mutations: list[tuple[float, int]]) -> bytes:
     for where, value in mutations:
         buffer[int(where * len(buffer))] = value
     return bytes(buffer)
+
+
+X = np.random.default_rng(5).random((4, 5), dtype=np.float32)
+
+
+def same_as_keras(loaded: LoadedModel, path: Path) -> None:
+    """A mutated file that fuse loads is the model Keras itself loads from those bytes, in
+    safe mode: same architecture, same predictions (NaN where Keras has NaN)."""
+    expected = keras.saving.load_model(path, compile=False, safe_mode=True)
+    assert loaded.path == path and loaded.format == ("h5" if path.suffix == ".h5" else "keras")
+    data = path.read_bytes()
+    assert (loaded.size, loaded.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert [type(layer).__name__ for layer in loaded.model.layers] == [
+        type(layer).__name__ for layer in expected.layers
+    ]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded.model(X)), keras.ops.convert_to_numpy(expected(X))
+    )
 
 
 @pytest.mark.parametrize("name", ["a.keras", "c.h5"])
@@ -52,6 +74,6 @@ def test_mutated_bytes_load_or_fail_cleanly(
             assert str(path) in str(exc)
             assert len(str(exc).splitlines()) <= 2
         else:
-            assert isinstance(result, LoadedModel)
+            same_as_keras(result, path)
 
     check()

@@ -193,12 +193,22 @@ def test_mismatched_outputs_name_both_shapes(zoo: dict[str, Path]) -> None:
 
 
 def test_layer_configs_round_trip() -> None:
+    """get_config holds every argument (compared with literals), and from_config takes it."""
+    expected = {
+        "s": {"name": "s", "trainable": True, "coefficients": [0.2, 0.8],
+              "provenance": {"mode": "sum"}},
+        "p": {"name": "p", "trainable": True, "coefficients": [0.5, 0.25, 0.25],
+              "provenance": None, "renormalize": True},
+    }
     for layer in (
         WeightedSum([0.2, 0.8], provenance={"mode": "sum"}, name="s"),
         WeightedProduct([0.5, 0.25, 0.25], renormalize=True, name="p"),
     ):
         clone = type(layer).from_config(layer.get_config())
-        assert clone.get_config() == layer.get_config()
+        for config in (layer.get_config(), clone.get_config()):
+            assert keras.dtype_policies.deserialize(config.pop("dtype")).name == "float32"
+            assert config == expected[layer.name]
+    assert WeightedProduct.from_config(expected["p"]).renormalize is True
     x = [np.full((2, 3), 0.5, np.float32), np.full((2, 3), 0.25, np.float32)]
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(WeightedSum([0.2, 0.8])(x)),
