@@ -97,7 +97,8 @@ def main() -> None:
               f"{np.mean(loss < base - 1e-12):5.0%}")
     for k in (3, 5, 10):
         diff = np.array(losses[f"cv {k} (mean)"]) - np.array(losses["all rows"])
-        print(f"cv {k} (mean) - all rows: {diff.mean():+.5f} +- {diff.std() / np.sqrt(len(diff)):.5f}"
+        error = diff.std() / np.sqrt(len(diff))
+        print(f"cv {k} (mean) - all rows: {diff.mean():+.5f} +- {error:.5f}"
               " (paired, mean +- standard error)")
 
 

@@ -112,8 +112,9 @@ def main() -> None:
                             and r["images"] == size)
             return values[len(values) // 2]
         f, p = median("fuse", "wall_s"), median("peer", "wall_s")
+        rss_fuse, rss_peer = median("fuse", "peak_rss_mib"), median("peer", "peak_rss_mib")
         print(f"| {size:,} | {f:.1f} s | {p:.1f} s | {p / f:.2f}x | "
-              f"{median('fuse', 'peak_rss_mib'):.0f} MiB | {median('peer', 'peak_rss_mib'):.0f} MiB |")
+              f"{rss_fuse:.0f} MiB | {rss_peer:.0f} MiB |")
 
 
 if __name__ == "__main__":
