@@ -104,8 +104,9 @@ def main() -> None:
         "load_average": os.getloadavg(), "cpus": os.cpu_count(), "batch_size": args.batch_size,
         "samples": results}, indent=2) + "\n")
 
-    print("\n| images | fuse wall | peer wall | throughput fuse/peer | fuse peak RSS | "
-          "peer peak RSS |\n| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("\n| images | fuse wall | peer wall | throughput fuse/peer | fuse CPU | peer CPU | "
+          "fuse peak RSS | peer peak RSS |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+          "---: |")
     for size in sorted({r["images"] for r in results}):
         def median(name: str, key: str, size: int = size) -> float:
             values = sorted(r[key] for r in results if r["command"] == name
@@ -113,8 +114,9 @@ def main() -> None:
             return values[len(values) // 2]
         f, p = median("fuse", "wall_s"), median("peer", "wall_s")
         rss_fuse, rss_peer = median("fuse", "peak_rss_mib"), median("peer", "peak_rss_mib")
-        print(f"| {size:,} | {f:.1f} s | {p:.1f} s | {p / f:.2f}x | "
-              f"{rss_fuse:.0f} MiB | {rss_peer:.0f} MiB |")
+        cpu_fuse, cpu_peer = median("fuse", "cpu_s"), median("peer", "cpu_s")
+        print(f"| {size:,} | {f:.1f} s | {p:.1f} s | {p / f:.2f}x | {cpu_fuse:.1f} s | "
+              f"{cpu_peer:.1f} s | {rss_fuse:.0f} MiB | {rss_peer:.0f} MiB |")
 
 
 if __name__ == "__main__":
