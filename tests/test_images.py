@@ -149,6 +149,18 @@ def test_evaluate_folder_matches_keras_loader(runner: CliRunner, images: dict[st
     assert "notes.txt" in result.stderr and ".DS_Store" not in result.stderr
 
 
+def test_progress_reports_every_pass_over_the_folder(images: dict[str, Path]) -> None:
+    """Each model's pass reports rows done, from 0 to all, batch by batch, in order."""
+    from fuse_cli.evaluation import evaluate_files
+
+    calls: list[tuple[str, int, int]] = []
+    evaluate_files([images["rgb"], images["gray"]], images["folder"], batch_size=5,
+                   advance=lambda label, done, total: calls.append((label, done, total)))
+    for label in ("rgb.keras", "gray.keras"):
+        done = [d for name, d, total in calls if name == label and total == 24]
+        assert done == [0, 5, 10, 15, 20, 24], calls
+
+
 def test_saved_predictions_are_the_members_own(
     runner: CliRunner, images: dict[str, Path], tmp_path: Path
 ) -> None:
