@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from fuse_cli import __version__, render
 from fuse_cli.choices import ExportFormat, InputsMode, Metric, Mode
@@ -174,7 +175,35 @@ def parse_weights(text: str | None) -> list[float] | None:
     return values
 
 
-@app.command()
+class FileNamesAreNotOptions(TyperCommand):
+    """A command that refuses an option whose name is also a file in the working folder.
+
+    `fuse merge * -o OUT` in a folder holding a file named `--unsafe` would otherwise
+    turn unsafe mode on: the shell expands `*` to that name, and it reads as the option.
+    Nothing after `--` is an option, so `fuse merge -o OUT -- *` is always safe.
+    """
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        """Check the raw arguments before they are parsed as options."""
+        refuse_options_named_like_files(args)
+        return super().parse_args(ctx, args)
+
+
+def refuse_options_named_like_files(args: list[str]) -> None:
+    """Exit 2 if an option on the command line (before `--`) names a file in this folder."""
+    for arg in args:
+        if arg == "--":
+            return
+        if arg.startswith("-") and arg != "-" and os.path.lexists(arg):
+            render.print_error(
+                f"{arg} is given as an option but is also a file in this folder (a glob such "
+                f"as * may have expanded to it); put -- before the file names, e.g. "
+                f"fuse merge -o OUT -- *"
+            )
+            raise typer.Exit(2)
+
+
+@app.command(cls=FileNamesAreNotOptions)
 def merge(
     models: MembersArgument,
     output: OutputOption,
@@ -258,7 +287,7 @@ NoVerifyOption = Annotated[
 ]
 
 
-@app.command("export")
+@app.command("export", cls=FileNamesAreNotOptions)
 def export_command(
     merged: Annotated[
         Path, typer.Argument(help="A model file written by `fuse merge` (or any .keras / .h5 "
@@ -305,7 +334,7 @@ def export_command(
             render.print_exports(run.exports)
 
 
-@app.command("inspect")
+@app.command("inspect", cls=FileNamesAreNotOptions)
 def inspect_command(
     models: Annotated[
         list[Path], typer.Argument(help="One or more model files (.keras or legacy .h5).",
@@ -332,7 +361,7 @@ def inspect_command(
             render.print_inspect_report(report)
 
 
-@app.command("verify")
+@app.command("verify", cls=FileNamesAreNotOptions)
 def verify_command(
     merged: Annotated[
         Path, typer.Argument(help="A model file written by `fuse merge`.", show_default=False)
@@ -438,7 +467,7 @@ def _quiet_retracing(debug: bool) -> None:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=FileNamesAreNotOptions)
 def evaluate_command(
     models: Annotated[
         list[Path], typer.Argument(help="Model files: members or merged models.",
@@ -494,7 +523,7 @@ def evaluate_command(
             render.print_evaluation(report)
 
 
-@app.command("tune")
+@app.command("tune", cls=FileNamesAreNotOptions)
 def tune_command(
     models: MembersArgument,
     output: OutputOption,

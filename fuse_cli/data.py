@@ -29,12 +29,21 @@ from pathlib import Path
 import numpy as np
 
 from fuse_cli.ensemble import Shape, TensorSpec
-from fuse_cli.errors import DataError, DataLoadError
-from fuse_cli.formats.screening import check_regular_file
+from fuse_cli.errors import DataError, DataLoadError, first_line
+from fuse_cli.formats.screening import (
+    MARGIN_BYTES,
+    MAX_RATIO,
+    check_regular_file,
+    read_npy_header,
+    size_text,
+)
 
 SPLIT_SEED = 0
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _NPY_MAGIC = b"\x93NUMPY"
+# Data is often saved compressed (numpy.savez_compressed): its arrays may take this many
+# times the file's size, plus the margin, in memory.
+DATA_FACTOR = 16
 _INPUT_KEY = re.compile(r"^x(0|[1-9][0-9]*)$")
 
 
@@ -100,6 +109,7 @@ def read_data(path: str | Path) -> Dataset:
         raise DataLoadError(
             f"{path}: not an .npz archive (numpy.savez); expected arrays 'x' and 'y'"
         )
+    check_declared_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
@@ -110,6 +120,44 @@ def read_data(path: str | Path) -> Dataset:
     data = Dataset(path=path, keys=keys, inputs=[arrays[k] for k in keys], y=arrays["y"])
     _check_arrays(data)
     return data
+
+
+def check_declared_sizes(path: Path) -> None:
+    """Read each array's `.npy` header, allocating nothing: every array must hold what it
+    declares, and all together must fit `MARGIN_BYTES + DATA_FACTOR x` the file's size.
+
+    Raises:
+        DataLoadError: A header that lies, an archive member that expands like a zip
+            bomb, or arrays too large for the file.
+    """
+    stored = path.stat().st_size
+    limit = MARGIN_BYTES + DATA_FACTOR * stored
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.compress_size and info.file_size > MAX_RATIO * info.compress_size + 4096:
+                    raise DataLoadError(
+                        f"{path}: {info.filename!r} expands {info.file_size} bytes from "
+                        f"{info.compress_size}: refused as a zip bomb"
+                    )
+                if not info.filename.endswith(".npy"):
+                    continue
+                shape, dtype = read_npy_header(zf, info)
+                size = int(np.prod(shape, dtype=object)) * max(1, dtype.itemsize)
+                if size > info.file_size and not dtype.hasobject:  # pickles: refused later
+                    raise DataLoadError(
+                        f"{path}: {info.filename!r} declares shape {tuple(shape)} "
+                        f"({size_text(size)}) but holds {size_text(info.file_size)}: refused"
+                    )
+                total += size
+                if total > limit:
+                    raise DataLoadError(
+                        f"{path}: its arrays declare {size_text(total)} or more, from a file of "
+                        f"{size_text(stored)}: too large (limit {size_text(limit)})"
+                    )
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise DataLoadError(f"{path}: corrupt .npz archive: {first_line(exc)}") from None
 
 
 def _input_keys(path: Path, names: Sequence[str]) -> list[str]:

@@ -20,7 +20,7 @@ import fuse_cli.layers  # noqa: F401  (merged models refer to its layers)
 from fuse_cli.data import Dataset, check_inputs, class_labels, read_data
 from fuse_cli.ensemble import input_specs, output_specs
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError, first_line
-from fuse_cli.files import check_destination
+from fuse_cli.files import check_destination, check_writes
 from fuse_cli.formats import check_keras, check_model_path, load_model
 from fuse_cli.images import (
     ImageFolder,
@@ -290,6 +290,7 @@ def evaluate_files(
     check_batch_size(batch_size)
     if save is not None:
         check_destination(save, [*files, Path(data_path)], force=force)
+        check_writes([("--save-predictions", save)], [*files, Path(data_path)])
     data = read_any(data_path, images)
     for path in files:
         check_model_path(path)

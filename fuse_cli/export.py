@@ -21,7 +21,7 @@ import numpy as np
 from fuse_cli.choices import ExportFormat
 from fuse_cli.ensemble import input_specs
 from fuse_cli.errors import OutputError, UsageError, VerificationError, first_line
-from fuse_cli.files import MODEL_SUFFIXES, check_output_folder, publish
+from fuse_cli.files import MODEL_SUFFIXES, check_output_folder, check_writes, publish
 from fuse_cli.formats import check_keras, check_model_path, load_model
 from fuse_cli.runtimes import RUNNERS, litert_interpreter, quiet_native_logs
 from fuse_cli.verification import compare, run, sample_batch
@@ -203,6 +203,7 @@ def export_file(
     source = Path(source)
     say = progress or (lambda _message: None)
     targets = [(fmt, Path(out)) for fmt, out in requests]
+    check_writes([(f"--format {fmt.value} -o", out) for fmt, out in targets], [source])
     plan_exports(source, targets, force=force, verify=verify)
     check_model_path(source)
     check_keras()
@@ -283,7 +284,7 @@ def reference_outputs(model: keras.Model, *, what: str) -> tuple[list[Any], list
     Raises:
         VerificationError: The Keras model itself yields NaN or inf.
     """
-    batch = sample_batch(input_specs(model))
+    batch = sample_batch(input_specs(model), what=what, model=model)
     expected = run(model, batch)
     if not all(np.all(np.isfinite(e)) for e in expected):
         raise VerificationError(f"{what}: the Keras model yields NaN or inf on the check batch")

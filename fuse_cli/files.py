@@ -35,11 +35,65 @@ def folder_of(path: Path) -> Path:
 
 
 def same_file(a: Path, b: Path) -> bool:
-    """Whether `a` and `b` name the same file: same resolved path, or same inode."""
+    """Whether `a` and `b` name the same file: the same path once symlinks are resolved,
+    or the same device and inode (hard links)."""
+    path_a, inode_a = _identity(a)
+    path_b, inode_b = _identity(b)
+    return path_a == path_b or (inode_a is not None and inode_a == inode_b)
+
+
+def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
     try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
+        st = os.stat(path)
+        inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except (OSError, ValueError):
+        inode = None
+    return os.path.realpath(path), inode
+
+
+def check_writes(outputs: Sequence[tuple[str, Path]], inputs: Sequence[Path]) -> None:
+    """Check every path a command will write against every input and each other, by
+    identity (through symlinks and hard links), before anything is loaded.
+
+    Args:
+        outputs: `(option, path)` for each destination (`-o`, each `--export`
+            artifact, `--plot`); a folder destination (a SavedModel) may not hold an input.
+        inputs: Every file the command reads (models, `--data`).
+
+    Raises:
+        OutputError: A destination that is an input, lies inside a destination folder,
+            is written twice, or whose temporary names an input carries.
+    """
+    for i, (option, out) in enumerate(outputs):
+        for source in inputs:
+            if same_file(out, source):
+                raise OutputError(
+                    f"{option} {out}: is also the input {source}; fuse never overwrites its inputs"
+                )
+            if _inside(source, out):
+                raise OutputError(
+                    f"{option} {out}: would replace a folder that holds the input {source}"
+                )
+            if _temporary_of(source, out):
+                raise OutputError(
+                    f"{option} {out}: the input {source} carries the name of a fuse temporary "
+                    "file for it; rename the input"
+                )
+        for other_option, other in outputs[:i]:
+            if same_file(out, other) or _inside(out, other) or _inside(other, out):
+                raise OutputError(f"{option} {out}: is also written by {other_option} {other}")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` lies strictly inside `folder` (resolved)."""
+    outer, inner = os.path.realpath(folder), os.path.realpath(path)
+    return inner != outer and inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def _temporary_of(path: Path, out: Path) -> bool:
+    """Whether `path` is in `out`'s folder under a name `publish` uses for `out`."""
+    same_folder = os.path.realpath(folder_of(path)) == os.path.realpath(folder_of(out))
+    return same_folder and _temporary_pattern(out).match(path.name) is not None
 
 
 def check_output_folder(out: Path, inputs: Sequence[Path]) -> None:
@@ -179,9 +233,7 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     Returns:
         The paths removed.
     """
-    pattern = re.compile(
-        rf"^\.{re.escape(out.name)}\.{_TEMP_MARK}(\d+)-[A-Za-z0-9_]+(\.tmp(\.[A-Za-z0-9]+)?|\.old)$"
-    )
+    pattern = _temporary_pattern(out)
     removed: list[Path] = []
     try:
         entries = list(folder_of(out).iterdir())
@@ -193,6 +245,12 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
             remove_path(entry)
             removed.append(entry)
     return removed
+
+
+def _temporary_pattern(out: Path) -> re.Pattern[str]:
+    return re.compile(
+        rf"^\.{re.escape(out.name)}\.{_TEMP_MARK}(\d+)-[A-Za-z0-9_]+(\.tmp(\.[A-Za-z0-9]+)?|\.old)$"
+    )
 
 
 def _process_alive(pid: int) -> bool:

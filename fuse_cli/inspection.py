@@ -7,6 +7,7 @@ a merged file says about itself (its combining layers and their provenance), for
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -209,35 +210,64 @@ def mode_of(layer: Any) -> str:
 
 
 def read_ensemble(model: keras.Model) -> EnsembleInfo | None:
-    """What a merged model records about itself, or None for a model fuse did not merge."""
+    """What a merged model records about itself, or None for a model fuse did not merge.
+
+    The provenance is data from the file: each field is used only if it has the type
+    fuse writes (a value of another type counts as not recorded).
+    """
     layers = combining_layers(model)
     if not layers:
         return None
     first = layers[0]
-    provenance = first.provenance if isinstance(first.provenance, dict) else {}
+    provenance = recorded_provenance(first)
     members = embedded_members(model)
-    recorded = provenance.get("members") or []
+    recorded = provenance.get("members")
+    entries = recorded if isinstance(recorded, list) else []
     infos = []
     for i, member in enumerate(members):
-        entry = recorded[i] if i < len(recorded) and isinstance(recorded[i], dict) else {}
+        entry = entries[i] if i < len(entries) and isinstance(entries[i], dict) else {}
+        migrations = entry.get("migrations")
         infos.append({
             "index": i,
             "layer": member.name,
-            "file": entry.get("file"),
-            "name": entry.get("name"),
-            "sha256": entry.get("sha256"),
-            "migrations": entry.get("migrations", []),
+            "file": text_or_none(entry.get("file")),
+            "name": text_or_none(entry.get("name")),
+            "sha256": text_or_none(entry.get("sha256")),
+            "migrations": [m for m in migrations if isinstance(m, str)]
+            if isinstance(migrations, list) else [],
             "last_activations": last_activations(member),
         })
     shared = bool(members) and len(model.inputs) == len(members[0].inputs)
+    tuning = provenance.get("tuning")
     return EnsembleInfo(
         mode=mode_of(first),
         weights=list(first.coefficients),
         renormalize=bool(getattr(first, "renormalize", False)),
         inputs="shared" if shared else "separate",
         heads=len(layers),
-        weights_given=provenance.get("weights_given"),
-        tool=provenance.get("tool"),
+        weights_given=numbers_or_none(provenance.get("weights_given")),
+        tool=text_or_none(provenance.get("tool")),
         members=infos,
-        tuning=provenance.get("tuning") if isinstance(provenance.get("tuning"), dict) else None,
+        tuning=tuning if isinstance(tuning, dict) else None,
     )
+
+
+def recorded_provenance(layer: Any) -> dict[str, Any]:
+    """A combining layer's provenance, or `{}` if it is not a dict."""
+    provenance = getattr(layer, "provenance", None)
+    return provenance if isinstance(provenance, dict) else {}
+
+
+def text_or_none(value: Any) -> str | None:
+    """`value` if it is text, else None (a recorded value of the wrong type)."""
+    return value if isinstance(value, str) else None
+
+
+def numbers_or_none(value: Any) -> list[float] | None:
+    """`value` as a list of finite numbers, or None if it is anything else."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for v in value
+    ):
+        return None
+    return [float(v) for v in value]

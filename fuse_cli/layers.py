@@ -124,3 +124,25 @@ MERGE_LAYERS: dict[str, type[_WeightedMerge]] = {
     "product": WeightedProduct,
 }
 """The combining layer for each `--mode`."""
+
+
+@keras.saving.register_keras_serializable(package="fuse")
+class Keras2HardSigmoid:
+    """Keras 2's `hard_sigmoid` activation: `clip(0.2 * x + 0.5, 0, 1)`.
+
+    Keras 3 kept the name for another function, `relu6(x + 3) / 6`, so a legacy file
+    that names `hard_sigmoid` (every LSTM/GRU written by Keras <= 2.2, whose default
+    `recurrent_activation` it was) is migrated to this object by the legacy rule
+    `keras2_hard_sigmoid`. An activation object rather than a function, so that a merged
+    model refers to it by this module and its registered name, `fuse>Keras2HardSigmoid`.
+    """
+
+    def __call__(self, x: Any) -> Any:
+        return ops.clip(x * 0.2 + 0.5, 0.0, 1.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Keras2HardSigmoid:
+        return cls()

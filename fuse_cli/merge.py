@@ -22,10 +22,10 @@ from fuse_cli.ensemble import (
 )
 from fuse_cli.errors import UsageError
 from fuse_cli.export import artifact_path, export_file, plan_exports
-from fuse_cli.files import check_output, publish
+from fuse_cli.files import check_output, check_writes, publish
 from fuse_cli.formats import LoadedModel, cache_keras_skipsets, load_model, load_models
 from fuse_cli.report import MemberReport, MergeReport, file_labels, formula_text
-from fuse_cli.verification import check_formula
+from fuse_cli.verification import batch_size, check_formula
 
 if TYPE_CHECKING:
     import keras
@@ -106,6 +106,7 @@ def merge_files(
     check_options(len(files), options)
     check_output(out, files, force=options.force)
     requests = [(fmt, artifact_path(out, fmt)) for fmt in dict.fromkeys(options.exports)]
+    check_writes([("-o", out), *((f"--export {fmt.value}", p) for fmt, p in requests)], files)
     plan_exports(out, requests, force=options.force, verify=options.verify)
     loaded = load_models(files, unsafe=options.unsafe, progress=say)
     report = merge_loaded(loaded, out, options, progress=progress, start=start)
@@ -156,6 +157,9 @@ def merge_loaded(
     ]
     models = [m.model for m in loaded]
     plan = plan_inputs(models, labels, options.inputs)
+    if options.verify:  # the check batch must be numeric and bounded: say so before building
+        for m in loaded:
+            batch_size(input_specs(m.model), str(m.path), m.model)
     provenance = _provenance(loaded, labels, given, normalized, options, plan.shared)
 
     say("building the ensemble")

@@ -2,12 +2,15 @@
 
 `cli.py` decides what to show (a report, JSON, an error) and this module shows it;
 the two are the only modules that write to the terminal. Text that comes from a file
-(names, versions, provenance) is escaped before Rich sees it, so it prints literally.
+(names, versions, provenance, paths) goes through `literal` before Rich sees it: markup
+is escaped and control characters are shown as `\x1b`-style escapes, never sent to the
+terminal raw.
 """
 
 from __future__ import annotations
 
 import sys
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -25,6 +28,26 @@ if TYPE_CHECKING:
     from fuse_cli.tuning import TuneReport
     from fuse_cli.verification import VerifyReport
 
+_SHOWN_AS_ESCAPES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def literal(value: object) -> str:
+    """`value` as text that Rich prints exactly: markup escaped, control characters
+    (ANSI escapes, bidi overrides, line breaks) shown as `\x1b`-style escapes."""
+    text = str(value)
+    if not text.isprintable():
+        text = "".join(_shown(ch) for ch in text)
+    return escape(text)
+
+
+def _shown(ch: str) -> str:
+    if ch == " " or unicodedata.category(ch) not in _SHOWN_AS_ESCAPES:
+        return ch
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else (
+        f"\\U{code:08x}")
+
+
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -32,12 +55,12 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 def print_warnings(warnings: list[str]) -> None:
     """Each warning as one line on stderr."""
     for warning in warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+        err_console.print(f"[yellow]warning:[/] {literal(warning)}")
 
 
 def print_error(message: str) -> None:
     """An error as one line (or two) on stderr."""
-    err_console.print(f"[red]error:[/] {escape(message)}")
+    err_console.print(f"[red]error:[/] {literal(message)}")
 
 
 @contextmanager
@@ -45,7 +68,7 @@ def spinner(enabled: bool) -> Iterator[Any]:
     """A status line on stderr while slow steps run, only on a terminal."""
     if enabled and sys.stderr.isatty():
         with err_console.status("starting") as status:
-            yield lambda message: status.update(escape(message))
+            yield lambda message: status.update(literal(message))
     else:
         yield None
 
@@ -59,21 +82,21 @@ def print_merge_report(report: MergeReport) -> None:
         weight = f"{m.weight:.4g}"
         if abs(m.weight_given - m.weight) > 1e-12:
             weight = f"{m.weight_given:g} → {weight}"
-        table.add_row(escape(m.file), ", ".join(m.input_shapes), ", ".join(m.output_shapes),
+        table.add_row(literal(m.file), ", ".join(m.input_shapes), ", ".join(m.output_shapes),
                       f"{m.params:,}", weight)
     console.print(table)
     for m in report.members:
         if m.migrations:
-            console.print(f"{escape(m.file)}: legacy file migrated by "
-                          f"{escape(', '.join(m.migrations))}")
+            console.print(f"{literal(m.file)}: legacy file migrated by "
+                          f"{literal(', '.join(m.migrations))}")
     _print_written(report)
     console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
 
 
 def _print_written(report: MergeReport) -> None:
     """The formula, the file written and its verification: merge's and tune's last lines."""
-    console.print(f"formula:  {escape(report.formula)}")
-    console.print(f"output:   {escape(report.output)} ({_size_text(report.size)})")
+    console.print(f"formula:  {literal(report.formula)}")
+    console.print(f"output:   {literal(report.output)} ({_size_text(report.size)})")
     if report.verified and report.max_abs_error is not None:
         console.print(f"verified: reloaded and matches the formula, max abs error "
                       f"{report.max_abs_error:.2e}")
@@ -93,9 +116,9 @@ def _size_text(size: int) -> str:
 def print_exports(exports: list[ExportReport]) -> None:
     """The human-readable report of each artifact written, on stdout."""
     for item in exports:
-        console.print(f"exported: {escape(item.path)} ({item.format}, {_size_text(item.size)})")
+        console.print(f"exported: {literal(item.path)} ({item.format}, {_size_text(item.size)})")
         if item.verified and item.max_abs_error is not None:
-            console.print(f"parity:   matches the Keras model in {escape(str(item.runtime))}, "
+            console.print(f"parity:   matches the Keras model in {literal(str(item.runtime))}, "
                           f"max abs error {item.max_abs_error:.2e} (atol {item.atol:g})")
         else:
             console.print("parity:   skipped (--no-verify)")
@@ -112,24 +135,24 @@ def print_inspect_report(report: InspectReport) -> None:
         return
     console.print()
     if not c.mergeable:
-        console.print(f"can merge: [red]no[/]: {escape(str(c.reason))}")
+        console.print(f"can merge: [red]no[/]: {literal(str(c.reason))}")
         return
     console.print(f"can merge: yes, with {c.inputs} inputs; outputs {', '.join(c.outputs)}")
     if c.product:
         console.print("           --mode product too: every output is >= 0")
     else:
-        console.print(f"           not --mode product: {escape(str(c.product_reason))}")
+        console.print(f"           not --mode product: {literal(str(c.product_reason))}")
 
 
 def _tensor_text(t: Any) -> str:
     shape = "(" + ", ".join("None" if d is None else str(d) for d in t.shape) + ")"
-    return f"{escape(t.name)} {shape} {t.dtype}"
+    return f"{literal(t.name)} {shape} {literal(t.dtype)}"
 
 
 def _print_model_info(info: ModelInfo) -> None:
-    written = f", written by Keras {info.keras_version}" if info.keras_version else ""
-    console.print(f"[bold]{escape(info.file)}[/] ({info.format}{written}): model "
-                  f"{escape(info.name)!r}")
+    written = f", written by Keras {literal(info.keras_version)}" if info.keras_version else ""
+    console.print(f"[bold]{literal(info.file)}[/] ({info.format}{written}): model "
+                  f"{literal(repr(info.name))}")
     console.print(f"  inputs:     {'; '.join(_tensor_text(t) for t in info.inputs)}")
     console.print(f"  outputs:    {'; '.join(_tensor_text(t) for t in info.outputs)}")
     activations = ", ".join(a or "unknown" for a in info.last_activations)
@@ -137,10 +160,12 @@ def _print_model_info(info: ModelInfo) -> None:
         members = "; ".join(", ".join(a or "unknown" for a in m["last_activations"])
                             for m in info.ensemble.members)
         activations = f"weighted {info.ensemble.mode} of the members' {members}"
-    console.print(f"  activation: {escape(activations)}")
+    console.print(f"  activation: {literal(activations)}")
     console.print(f"  params:     {info.params:,}")
     console.print(f"  size:       {_size_text(info.size)}")
     console.print(f"  sha256:     {info.sha256}")
+    if info.migrations:
+        console.print(f"  legacy:     migrated by the rules {escape(', '.join(info.migrations))}")
     e = info.ensemble
     if e is None:
         return
@@ -149,18 +174,18 @@ def _print_model_info(info: ModelInfo) -> None:
     if e.weights_given is not None:
         weights = f"{', '.join(f'{w:g}' for w in e.weights_given)} → {weights}"
     console.print(f"  ensemble:   {e.mode}{renormalized}, {e.inputs} inputs, weights {weights}"
-                  + (f" ({escape(e.tool)})" if e.tool else ""))
+                  + (f" ({literal(e.tool)})" if e.tool else ""))
     for m in e.members:
-        source = escape(str(m["file"])) if m["file"] else "(not recorded)"
-        digest = m["sha256"] or "(no SHA-256 recorded)"
-        console.print(f"    member {m['index']}: {source} → {escape(m['layer'])}, sha256 {digest}")
+        source = literal(str(m["file"])) if m["file"] else "(not recorded)"
+        digest = literal(m["sha256"]) if m["sha256"] else "(no SHA-256 recorded)"
+        console.print(f"    member {m['index']}: {source} → {literal(m['layer'])}, sha256 {digest}")
     if e.tuning:
-        console.print(f"  tuned:      {escape(_tuning_text(e.tuning))}")
+        console.print(f"  tuned:      {literal(_tuning_text(e.tuning))}")
 
 
 def _tuning_text(tuning: dict[str, Any]) -> str:
     """One line on how `fuse tune` chose the weights, from the file's provenance."""
-    data = tuning.get("data") or {}
+    data: dict[str, Any] = tuning["data"] if isinstance(tuning.get("data"), dict) else {}
     text = (f"{tuning.get('method')} on {tuning.get('metric')}, data {data.get('file')} "
             f"({data.get('rows')} rows, holdout {tuning.get('holdout')})")
     cv = tuning.get("cv") or {}
@@ -170,15 +195,15 @@ def _tuning_text(tuning: dict[str, Any]) -> str:
                   and isinstance(v := f.get("log_loss"), float)]
         if len(losses) == len(folds):
             text += f"; {len(folds)}-fold cv log-loss {sum(losses) / len(losses):.4f}"
-    held = tuning.get("heldout") or {}
-    scores = ", ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in held.items()
+    held: dict[str, Any] = tuning["heldout"] if isinstance(tuning.get("heldout"), dict) else {}
+    scores = ", ".join(f"{str(k).replace('_', '-')} {v:.4f}" for k, v in held.items()
                        if k in ("accuracy", "log_loss") and isinstance(v, float))
     return f"{text}; held out: {scores}" if scores else text
 
 
 def print_verify_report(report: VerifyReport) -> None:
     """The human-readable verify report on stdout."""
-    console.print(f"verified: {escape(report.file)} computes its {report.mode} formula on its "
+    console.print(f"verified: {literal(report.file)} computes its {report.mode} formula on its "
                   f"{len(report.members)} embedded members, max abs error "
                   f"{report.formula_max_abs_error:.2e}")
     if not report.provenance_recorded:
@@ -187,7 +212,7 @@ def print_verify_report(report: VerifyReport) -> None:
         if m.given is None:
             continue
         error = f"{m.max_abs_error:.2e}" if m.max_abs_error is not None else "n/a"
-        console.print(f"member {m.index}: {escape(m.given)} has the recorded SHA-256 and "
+        console.print(f"member {m.index}: {literal(m.given)} has the recorded SHA-256 and "
                       f"matches its embedded copy, max abs error {error}")
 
 
@@ -217,11 +242,11 @@ def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
         tasks: dict[str, Any] = {}
 
         def say(message: str) -> None:
-            bars.update(status, description=escape(message))
+            bars.update(status, description=literal(message))
 
         def advance(label: str, done: int, total: int) -> None:
             if label not in tasks:
-                tasks[label] = bars.add_task(f"predicting with {escape(label)}", total=total,
+                tasks[label] = bars.add_task(f"predicting with {literal(label)}", total=total,
                                              count="", rate="")
             task = tasks[label]
             bars.update(task, completed=done, total=total, count=f"{done:,}/{total:,} rows")
@@ -239,13 +264,13 @@ def print_evaluation(report: EvaluationReport) -> None:
         table.add_column(column, justify="left" if column in ("model", "output shape")
                          else "right", overflow="fold")
     for m in report.models:
-        table.add_row(escape(m.file), m.output_shape, f"{m.accuracy:.4f}",
+        table.add_row(literal(m.file), m.output_shape, f"{m.accuracy:.4f}",
                       "n/a" if m.log_loss is None else f"{m.log_loss:.4f}")
     console.print(table)
     if report.skipped:
         console.print(f"skipped:  {report.skipped} images that cannot be decoded")
     if report.predictions:
-        console.print(f"saved:    {escape(report.predictions)} (predictions, labels, SHA-256s)")
+        console.print(f"saved:    {literal(report.predictions)} (predictions, labels, SHA-256s)")
 
 
 _SEARCHES = {
@@ -260,7 +285,7 @@ def print_tune_report(report: TuneReport) -> None:
     split = (f"{fit.rows} to fit the weights, {held.rows} held out (--holdout "
              f"{report.holdout:g}, seed {report.seed})" if held else
              f"all {fit.rows} to fit the weights")
-    console.print(f"data:     {escape(report.data)}, {report.rows} rows: {split}")
+    console.print(f"data:     {literal(report.data)}, {report.rows} rows: {split}")
     console.print(f"search:   {_SEARCHES.get(report.method, report.method)}; "
                   f"metric {report.metric}")
     if report.cv is not None:
@@ -273,7 +298,7 @@ def print_tune_report(report: TuneReport) -> None:
         table.add_column(f"{part}\nlog-loss", justify="right")
     parts = [fit, held] if held else [fit]
     for i, (label, weight) in enumerate(zip(report.files, report.weights, strict=True)):
-        table.add_row(escape(label), f"{weight:.4g}", *_score_cells([p.members[i] for p in parts]))
+        table.add_row(literal(label), f"{weight:.4g}", *_score_cells([p.members[i] for p in parts]))
     equal = f"{1 / len(report.files):.4g} each"
     table.add_row("equal weights", equal, *_score_cells([p.equal_weights for p in parts]))
     table.add_row("[bold]tuned ensemble[/]", "", *_score_cells([p.ensemble for p in parts]),
@@ -281,7 +306,7 @@ def print_tune_report(report: TuneReport) -> None:
     console.print(table)
     _print_written(report.merge)
     if report.plot:
-        console.print(f"plot:     {escape(report.plot)}")
+        console.print(f"plot:     {literal(report.plot)}")
     console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
 
 
@@ -293,7 +318,7 @@ def _print_folds(report: TuneReport) -> None:
                   "fold scored with the weights searched on the others; the weights are "
                   "their mean")
     table = Table(title_justify="left")
-    for column in ("fold", "rows", f"weight of {escape(report.files[0])}", "accuracy",
+    for column in ("fold", "rows", f"weight of {literal(report.files[0])}", "accuracy",
                    "log-loss"):
         table.add_column(column, justify="left" if column == "fold" else "right")
     for i, fold in enumerate(cv.folds, start=1):

@@ -38,7 +38,7 @@ from fuse_cli.evaluation import (
     read_any,
     restrict,
 )
-from fuse_cli.files import check_destination, check_output, publish
+from fuse_cli.files import check_destination, check_output, check_writes, publish
 from fuse_cli.formats import LoadedModel, load_models, sha256_of
 from fuse_cli.images import ImageFolder, ImageOptions
 from fuse_cli.merge import MergeOptions, check_options, merge_loaded
@@ -227,6 +227,8 @@ def tune_files(
                          "--predictions were computed already")
     check_tune_options(out, options, [*files, source])
     check_output(out, [*files, source], force=options.force)
+    plot = [("--plot", options.plot)] if options.plot is not None else []
+    check_writes([("-o", out), *plot], [*files, source])
     saved = read_predictions(source) if options.predictions is not None else None
     data = read_any(source, options.images) if saved is None else None
     loaded = load_models(files, unsafe=options.unsafe, progress=say)

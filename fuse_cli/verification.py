@@ -19,14 +19,23 @@ import numpy as np
 
 from fuse_cli.choices import Mode
 from fuse_cli.ensemble import TensorSpec, input_specs, shared_input_specs
-from fuse_cli.errors import UsageError, VerificationError
+from fuse_cli.errors import (
+    IncompatibleModelsError,
+    ModelLoadError,
+    UsageError,
+    VerificationError,
+)
 from fuse_cli.formats import check_keras, check_model_path, load_model, sha256_of
+from fuse_cli.formats._keras_private import node_outputs
+from fuse_cli.formats.screening import size_text
 from fuse_cli.inspection import (
     EnsembleInfo,
     combining_layers,
     embedded_members,
     mode_of,
+    numbers_or_none,
     read_ensemble,
+    recorded_provenance,
 )
 
 if TYPE_CHECKING:
@@ -43,24 +52,134 @@ FREE_DIM = 32  # the size given to a `None` non-batch dimension in the check bat
 # 224x224x3 through MobileNetV2 hold ~330 MiB. Above this many input values per
 # sample, the check batch has fewer samples (down to 1).
 MAX_BATCH_VALUES = 1 << 17
+# One sample of the check batch's inputs may take at most this much (a file costs what
+# it stores: a 13 KB model may not declare an input of 2^27 values, 512 MiB a sample).
+MAX_SAMPLE_BYTES = 64 * 1024**2
+# What the check batch may hold at once: its inputs and every layer's outputs (an eager
+# call keeps them until it returns). The batch shrinks to fit, down to one sample; one
+# sample may take more only in proportion to the weights the model really holds (a big
+# model has big activations; a 13 KB file that upsamples to gigabytes does not).
+MAX_ACTIVATION_BYTES = 1024**3
+ACTIVATIONS_PER_WEIGHT_BYTE = 16
 _TINY = np.float32(1.1754944e-38)
 
 
-def batch_size(specs: Sequence[TensorSpec]) -> int:
-    """`BATCH`, or fewer samples when one sample holds more than `MAX_BATCH_VALUES` values."""
+def sample_bytes(specs: Sequence[TensorSpec], what: str = "the model") -> int:
+    """The bytes one sample of these inputs takes in the check batch.
+
+    Raises:
+        IncompatibleModelsError: An input that is not numeric (strings): fuse runs and
+            combines numeric tensors only (exit 4).
+        ModelLoadError: One sample past `MAX_SAMPLE_BYTES`: too large to check (exit 3).
+    """
+    total = 0
+    for i, spec in enumerate(specs):
+        dtype = _numpy_dtype(spec.dtype)
+        if dtype is None:
+            raise IncompatibleModelsError(
+                f"{what}: input {i} has dtype {spec.dtype}; fuse runs and combines models "
+                "on numeric tensors only"
+            )
+        total += math.prod(FREE_DIM if d is None else d for d in spec.shape) * dtype.itemsize
+        if total > MAX_SAMPLE_BYTES:
+            shapes = ", ".join(str(s) for s in specs)
+            raise ModelLoadError(
+                f"{what}: inputs {shapes} take {size_text(total)} or more a sample: too "
+                f"large to check (limit {size_text(MAX_SAMPLE_BYTES)} a sample)"
+            )
+    return total
+
+
+def _numpy_dtype(name: str) -> np.dtype | None:
+    if name == "bfloat16":
+        return np.dtype("float32")
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        return None
+    numeric = np.issubdtype(dtype, np.number) or dtype == np.bool_
+    return dtype if numeric and not np.issubdtype(dtype, np.complexfloating) else None
+
+
+def batch_size(
+    specs: Sequence[TensorSpec], what: str = "the model", model: keras.Model | None = None
+) -> int:
+    """`BATCH`, or fewer samples when one sample holds more than `MAX_BATCH_VALUES` values,
+    or when the batch's activations through `model` would pass `MAX_ACTIVATION_BYTES`.
+
+    Raises:
+        IncompatibleModelsError: A non-numeric input (see `sample_bytes`).
+        ModelLoadError: A sample too large to check (see `sample_bytes`), or whose
+            activations through `model` pass `MAX_ACTIVATION_BYTES`.
+    """
+    per_sample = sample_bytes(specs, what)
+    if model is not None:
+        per_sample += activation_bytes(model)
+        limit = MAX_ACTIVATION_BYTES + ACTIVATIONS_PER_WEIGHT_BYTE * weight_bytes(model)
+        if per_sample > limit:
+            raise ModelLoadError(
+                f"{what}: its layers' outputs take {size_text(per_sample)} a sample on the "
+                f"check batch: too large to check (limit {size_text(limit)} for its "
+                f"{size_text(weight_bytes(model))} of weights; --no-verify skips the check)"
+            )
     values = sum(math.prod(FREE_DIM if d is None else d for d in spec.shape) for spec in specs)
-    return max(1, min(BATCH, MAX_BATCH_VALUES // max(1, values)))
+    fits = MAX_ACTIVATION_BYTES // max(1, per_sample)
+    return max(1, min(BATCH, MAX_BATCH_VALUES // max(1, values), fits))
+
+
+def weight_bytes(model: keras.Model) -> int:
+    """The bytes of every weight the model holds (what its file really stores)."""
+    total = 0
+    for variable in model.weights:
+        dtype = _numpy_dtype(str(variable.dtype))
+        total += math.prod(variable.shape) * (dtype.itemsize if dtype is not None else 4)
+    return total
+
+
+def activation_bytes(model: keras.Model) -> int:
+    """The bytes one sample's outputs of every layer of `model` take, nested models' layers
+    included; `None` dims count as `FREE_DIM`, as in the check batch.
+
+    A layer keeps a record of every symbolic call (a Sequential's layers were called
+    while it was built, too), so each layer counts once, at its largest call.
+    """
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        calls = node_outputs(layer)
+        total += max((sum(_tensor_bytes(t) for t in outputs) for outputs in calls), default=0)
+        if isinstance(layer, keras.Model):
+            total += activation_bytes(layer)
+    return total
+
+
+def _tensor_bytes(tensor: Any) -> int:
+    shape = tuple(getattr(tensor, "shape", ()) or ())[1:]
+    dtype = _numpy_dtype(str(getattr(tensor, "dtype", "float32")))
+    itemsize = dtype.itemsize if dtype is not None else 4
+    return math.prod(FREE_DIM if d is None else int(d) for d in shape) * itemsize
 
 
 def sample_batch(
-    specs: Sequence[TensorSpec], *, batch: int | None = None, seed: int = SEED
+    specs: Sequence[TensorSpec],
+    *,
+    batch: int | None = None,
+    seed: int = SEED,
+    what: str = "the model",
+    model: keras.Model | None = None,
 ) -> list[Any]:
     """A fixed-seed batch for the given input specs (`batch_size(specs)` samples by default).
 
     Floats are uniform in [0, 1); integers are 0 or 1, valid for any embedding or
     lookup; `None` dims become `FREE_DIM`.
+
+    Raises:
+        IncompatibleModelsError: A non-numeric input (see `sample_bytes`).
+        ModelLoadError: A sample too large to check (see `sample_bytes`).
     """
-    batch = batch_size(specs) if batch is None else batch
+    sample_bytes(specs, what)
+    batch = batch_size(specs, what, model) if batch is None else min(batch, BATCH)
     rng = np.random.default_rng(seed)
     arrays = []
     for spec in specs:
@@ -166,14 +285,15 @@ def check_formula(
     Raises:
         VerificationError: The merged model does not compute the formula.
     """
-    size = batch_size(input_specs(merged))  # every input of the merged call, one batch size
+    # every input of the merged call, one batch size
+    size = batch_size(input_specs(merged), what, merged)
     if shared_inputs:
-        batch = sample_batch(input_specs(merged), batch=size)
+        batch = sample_batch(input_specs(merged), batch=size, what=what)
         per_member = [batch for _ in members]
     else:
         per_member, batch = [], []
         for i, member in enumerate(members):
-            arrays = sample_batch(input_specs(member), batch=size, seed=SEED + i)
+            arrays = sample_batch(input_specs(member), batch=size, seed=SEED + i, what=what)
             per_member.append(arrays)
             batch.extend(arrays)
     outputs = [run(m, x) for m, x in zip(members, per_member, strict=True)]
@@ -280,7 +400,7 @@ def verify_file(
         file=str(merged),
         mode=info.mode,
         formula_max_abs_error=error,
-        provenance_recorded=bool(layers[0].provenance),
+        provenance_recorded=bool(recorded_provenance(layers[0])),
         members=checks,
         elapsed_seconds=time.perf_counter() - start,
     )
@@ -303,7 +423,7 @@ def _check_structure(
         raise VerificationError(
             f"{path}: {len(info.weights)} weights but {len(members)} embedded members"
         )
-    provenance = layers[0].provenance if isinstance(layers[0].provenance, dict) else {}
+    provenance = recorded_provenance(layers[0])
     recorded: dict[str, Any] = {
         "mode": (provenance.get("mode"), info.mode),
         "inputs": (provenance.get("inputs"), info.inputs),
@@ -312,27 +432,43 @@ def _check_structure(
     for key, (said, found) in recorded.items():
         if said is not None and said != found:
             raise VerificationError(
-                f"{path}: the provenance records {key} {said!r}, but the model has {found!r}"
+                f"{path}: the provenance records {key} {_shown(said)}, but the model has "
+                f"{found!r}"
             )
     weights = provenance.get("weights")
     if weights is not None and not _same_numbers(weights, info.weights):
         raise VerificationError(
-            f"{path}: the provenance records weights {weights}, but the combining layer "
+            f"{path}: the provenance records weights {_shown(weights)}, but the combining layer "
             f"computes with {info.weights}"
         )
     given = provenance.get("weights_given")
+    if given is not None and numbers_or_none(given) is None:
+        raise VerificationError(
+            f"{path}: the provenance records weights as given {_shown(given)}, not a list "
+            "of numbers"
+        )
     if given is not None and not _normalizes_to(given, info.weights):
         raise VerificationError(
-            f"{path}: the provenance records weights as given {given}, which do not "
+            f"{path}: the provenance records weights as given {_shown(given)}, which do not "
             f"normalize to {info.weights}"
         )
     entries = provenance.get("members")
+    if entries is not None and not isinstance(entries, list):
+        raise VerificationError(
+            f"{path}: the provenance records members as {_shown(entries)}, not a list"
+        )
     if entries is not None and len(entries) != len(members):
         raise VerificationError(
             f"{path}: the provenance records {len(entries)} members, the model embeds "
             f"{len(members)}"
         )
     return info
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A recorded value in a message: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _same_numbers(a: Sequence[Any], b: Sequence[float]) -> bool:
@@ -389,7 +525,8 @@ def _check_member_files(
                 f"{merged}: embedded member {i} ({embedded.name}) takes inputs "
                 f"{_specs_text(embedded)}, but {path} takes {_specs_text(original)}"
             )
-        batch = sample_batch(input_specs(original), seed=SEED + i)
+        batch = sample_batch(input_specs(original), seed=SEED + i, what=str(path),
+                             model=original)
         check.max_abs_error = compare(
             run(embedded, batch),
             run(original, batch),

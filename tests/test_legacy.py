@@ -38,7 +38,7 @@ SENTINEL = "FUSE_LEGACY_LAMBDA_RAN"
 
 # fixture -> the rules its migration needs.
 EXPECTED_RULES = {
-    "teachable_machine": ["keras2_module_paths", "conv_groups"],
+    "teachable_machine": ["keras2_module_paths", "conv_groups", "nested_functional_single_io"],
     "conv_variants": [
         "conv_groups",
         "separable_conv_kernel_arguments",
@@ -47,12 +47,29 @@ EXPECTED_RULES = {
     "rnn_time_major": ["rnn_time_major"],
     "keras22_sequential": ["sequential_input_layer"],
     "keras20_list": ["sequential_list_config", "sequential_input_layer"],
+    # Failure class (a): Teachable Machine's Keras 2.4.0 export.
+    "teachable_machine_240": ["conv_groups", "nested_functional_single_io"],
+    # Failure class (b): silent semantic drift (and the old GRU).
+    "hard_sigmoid_dense": ["keras2_hard_sigmoid"],
+    "keras20_gru": [
+        "sequential_list_config",
+        "sequential_input_layer",
+        "gru_reset_after",
+        "keras2_hard_sigmoid",
+    ],
+    # Failure class (c): wrapped layers in the old form (and LSTM initial_state nodes).
+    "keras22_seq2seq": ["wrapped_layer_module", "rnn_initial_state_nodes", "keras2_hard_sigmoid"],
+    # Found in the corpus: a LeakyReLU layer as a Dense activation (tf.keras 2.11).
+    "keras211_layer_activation": ["layer_activation_module"],
 }
+# Refused before anything is built: no rule can make them exact.
+REFUSED = ["keras22_upsampling_bilinear"]
 LAMBDA_FIXTURES = ["lambda_tfkeras", "lambda_keras20_list"]
 MIGRATIONS = {
     **EXPECTED_RULES,
     "lambda_tfkeras": [],
     "lambda_keras20_list": ["sequential_list_config", "sequential_input_layer"],
+    "keras22_upsampling_bilinear": [],
 }
 
 # What plain Keras 3.15.1 says about each file before any migration (the README's claims).
@@ -64,6 +81,10 @@ KERAS_3_15_1_PLAIN = {
     "keras20_list": "pop expected at most 1 argument, got 2",
     "lambda_tfkeras": "safe_mode=False",
     "lambda_keras20_list": "pop expected at most 1 argument, got 2",
+    "teachable_machine_240": "Error when deserializing class 'DepthwiseConv2D'",
+    "keras20_gru": "pop expected at most 1 argument, got 2",
+    "keras22_seq2seq": "Could not locate class 'Dense'",
+    "keras211_layer_activation": "Could not locate class 'LeakyReLU'",
 }
 
 
@@ -71,12 +92,16 @@ def fixture_path(name: str) -> Path:
     return FIXTURES / f"{name}.h5"
 
 
-def writer_data(name: str) -> tuple[np.ndarray, np.ndarray]:
+def writer_data(name: str) -> tuple[Any, np.ndarray]:
+    """The fixed input (a list for several inputs: `x`, `x1`, ...) and the writer's `y`."""
     with np.load(FIXTURES / f"{name}.npz") as data:
+        more = sorted((k for k in data.files if k.startswith("x") and k != "x"), key=len)
+        if more:
+            return [data["x"], *(data[k] for k in more)], data["y"]
         return data["x"], data["y"]
 
 
-def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
+def predict(model: keras.Model, x: Any) -> np.ndarray:
     return np.asarray(model(x, training=False))
 
 
@@ -173,7 +198,8 @@ def test_fixtures_are_small_and_recorded() -> None:
         assert hashlib.sha256(data).hexdigest() == info["sha256"], "regenerate, don't edit"
         assert info["rules"] == MIGRATIONS[name]
         x, y = writer_data(name)
-        assert list(x.shape) == info["input_shape"] and list(y.shape) == info["output_shape"]
+        first = x[0] if isinstance(x, list) else x
+        assert list(first.shape) == info["input_shape"] and list(y.shape) == info["output_shape"]
 
 
 def test_teachable_machine_shape(loaded: Callable[[str], tuple[keras.Model, list[str]]]) -> None:
@@ -675,3 +701,363 @@ def test_cli_merges_teachable_machine_export_in_product_mode(tmp_path: Path) -> 
     np.testing.assert_allclose(merged.predict(x, verbose=0), y, rtol=1e-5, atol=1e-5)
     provenance = merged.get_layer("combine").get_config()["provenance"]
     assert provenance["members"][0]["migrations"] == EXPECTED_RULES["teachable_machine"]
+
+
+# --- the failure classes of the public corpus (scripts/legacy_corpus/) ---------------
+
+
+def _load_without(
+    monkeypatch: pytest.MonkeyPatch, name: str, rule: Callable[[dict[str, Any]], bool]
+) -> None:
+    """Load fixture `name` with every rule but `rule`: the failure the rule removes."""
+    monkeypatch.setattr(
+        legacy_rules, "RULES", tuple(r for r in legacy_rules.RULES if r is not rule)
+    )
+    load_legacy_h5(fixture_path(name), safe_mode=True)
+
+
+def test_teachable_machine_240_needs_the_single_io_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Class (a): the 2.4.0 export's failure, reproduced by its fixture without the rule."""
+    with pytest.raises(ModelLoadError, match=r"expects 1 named input\(s\).*received 2 input"):
+        _load_without(
+            monkeypatch, "teachable_machine_240", legacy_rules.rule_nested_functional_single_io
+        )
+
+
+def test_teachable_machine_240_has_the_exports_layout(
+    loaded: Callable[[str], tuple[keras.Model, list[str]]],
+) -> None:
+    model, _ = loaded("teachable_machine_240")
+    features, head = model.layers
+    functional, pooling = features.layers
+    assert functional.name == "model1" and isinstance(functional, keras.Model)
+    assert type(pooling).__name__ == "GlobalAveragePooling2D"
+    assert not isinstance(functional.output, list)  # one tensor, as Keras 2 had it
+    assert head.layers[-1].get_config()["activation"] == "softmax"
+
+
+def test_hard_sigmoid_drift_is_silent_in_plain_keras() -> None:
+    """Class (b): plain Keras 3 loads the file and computes another function."""
+    x, y = writer_data("hard_sigmoid_dense")
+    plain = hdf5._plain_load(fixture_path("hard_sigmoid_dense"), safe_mode=True)
+    assert np.abs(predict(plain, x) - y).max() > 1e-2
+    model, rules = load_legacy_h5(fixture_path("hard_sigmoid_dense"), safe_mode=True)
+    assert rules == ["keras2_hard_sigmoid"]
+    np.testing.assert_allclose(predict(model, x), y, rtol=0, atol=1e-6)
+
+
+def test_keras2_hard_sigmoid_is_the_keras2_formula() -> None:
+    from fuse_cli.layers import Keras2HardSigmoid
+
+    x = np.array([-10, -3, -2.5, -1, -0.3, 0, 0.3, 1, 2.5, 3, 10], dtype=np.float32)
+    expected = np.clip(0.2 * x + 0.5, 0.0, 1.0)  # Keras 2's definition, in numpy
+    np.testing.assert_allclose(np.asarray(Keras2HardSigmoid()(x)), expected, atol=1e-7)
+    deserialized = keras.activations.get(copy.deepcopy(legacy_rules.KERAS2_HARD_SIGMOID))
+    assert isinstance(deserialized, Keras2HardSigmoid)
+
+
+def test_old_gru_needs_reset_after_false(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ModelLoadError, match="gru_1"):
+        _load_without(monkeypatch, "keras20_gru", legacy_rules.rule_gru_reset_after)
+
+
+def test_old_gru_computes_keras2s_gates(
+    loaded: Callable[[str], tuple[keras.Model, list[str]]],
+) -> None:
+    from fuse_cli.layers import Keras2HardSigmoid
+
+    model, _ = loaded("keras20_gru")
+    gru = model.get_layer("gru_1")
+    assert gru.cell.reset_after is False
+    assert isinstance(gru.cell.recurrent_activation, Keras2HardSigmoid)
+
+
+def test_seq2seq_needs_the_initial_state_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Class (c)'s file also stores an `initial_state` call in the Keras 2 node form."""
+    with pytest.raises(ModelLoadError, match=r"lstm_2.*expects 1 input\(s\).*received 3"):
+        _load_without(monkeypatch, "keras22_seq2seq", legacy_rules.rule_rnn_initial_state_nodes)
+
+
+def test_seq2seq_wrapped_dense_is_the_files(
+    loaded: Callable[[str], tuple[keras.Model, list[str]]],
+) -> None:
+    model, _ = loaded("keras22_seq2seq")
+    wrapper = model.get_layer("time_distributed_1")
+    assert type(wrapper.layer).__name__ == "Dense" and wrapper.layer.units == 2
+    assert len(model.inputs) == 2
+
+
+def test_bilinear_upsampling_from_a_tf1_writer_is_refused(no_lambda_code: list[str]) -> None:
+    path = fixture_path("keras22_upsampling_bilinear")
+    with pytest.raises(ModelLoadError) as info:
+        load_legacy_h5(path, safe_mode=True)
+    message = str(info.value)
+    assert info.value.exit_code == 3
+    assert message.startswith(f"{path}: layer 'up_sampling2d_1' (UpSampling2D, bilinear)")
+    assert "TensorFlow 1's resize_bilinear" in message
+    assert message.endswith("refused (written by Keras 2.2.4)")
+
+
+def test_bilinear_upsampling_from_a_tf2_writer_loads(tmp_path: Path) -> None:
+    path = tmp_path / "tf2_bilinear.h5"
+    shutil.copy(fixture_path("keras22_upsampling_bilinear"), path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["keras_version"] = b"2.4.0"  # tf.keras of TF 2.3: tf.image.resize
+    model, _ = load_legacy_h5(path, safe_mode=True)
+    x, y = writer_data("keras22_upsampling_bilinear")  # tf-keras 2.21's predictions
+    np.testing.assert_allclose(predict(model, x), y, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("version", "tf1"),
+    [
+        ("2.2.4", True),
+        ("2.3.1", True),
+        ("2.1.6-tf", True),
+        ("2.2.4-tf", True),
+        ("unknown", True),
+        ("2.3.0-tf", False),
+        ("2.4.0", False),
+        ("2.15.0", False),
+        ("3.15.1", False),
+    ],
+)
+def test_which_writers_resized_like_tensorflow_1(version: str, tf1: bool) -> None:
+    assert legacy_rules._resizes_like_tensorflow_1(version) is tf1
+
+
+def test_nearest_upsampling_is_never_refused() -> None:
+    up = layer("UpSampling2D", name="up", interpolation="nearest", size=[2, 2])
+    assert legacy_rules.refusal(sequential(up), "2.2.4") is None
+    bilinear = layer("UpSampling2D", name="up", interpolation="bilinear", size=[2, 2])
+    assert "'up'" in str(legacy_rules.refusal(sequential(bilinear), "2.2.4"))
+
+
+def test_cli_inspect_shows_the_rules_applied(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fuse_cli.cli import app
+
+    tm = fixture_path("teachable_machine_240")
+    runner = CliRunner()
+    result = runner.invoke(app, ["inspect", str(tm)], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert "written by Keras 2.4.0" in result.stdout
+    assert "legacy:     migrated by the rules conv_groups, nested_functional_single_io" in (
+        result.stdout
+    )
+    result = runner.invoke(app, ["inspect", "--json", str(tm)], catch_exceptions=False)
+    assert (
+        json.loads(result.stdout)["models"][0]["migrations"]
+        == EXPECTED_RULES["teachable_machine_240"]
+    )
+    refused = runner.invoke(app, ["inspect", str(fixture_path("keras22_upsampling_bilinear"))])
+    assert refused.exit_code == 3
+    assert "up_sampling2d_1" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_merged_hard_sigmoid_model_is_loaded_back_by_fuse(tmp_path: Path) -> None:
+    """The merged file names `fuse_cli.layers.Keras2HardSigmoid`: fuse accepts it."""
+    from typer.testing import CliRunner
+
+    from fuse_cli.cli import app
+
+    member = fixture_path("keras20_gru")
+    out = tmp_path / "gru_ensemble.keras"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["merge", str(member), str(member), "-o", str(out)], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.stderr
+    result = runner.invoke(app, ["inspect", "--json", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    merged = keras.saving.load_model(out, compile=False, safe_mode=True)
+    x, y = writer_data("keras20_gru")
+    np.testing.assert_allclose(predict(merged, x), y, rtol=1e-5, atol=1e-5)
+
+
+# --- the new rules, one by one ---------------------------------------------------------
+
+
+def test_rule_initializer_dtype() -> None:
+    init = {"class_name": "GlorotUniform", "config": {"seed": None, "dtype": "float32"}}
+    dense = layer("Dense", name="d", dtype="float32", kernel_initializer=init)
+    config = sequential(dense)
+    assert legacy_rules.rule_initializer_dtype(config)
+    assert init["config"] == {"seed": None}
+    assert dense["config"]["dtype"] == "float32"  # a layer's dtype stays
+    assert not legacy_rules.rule_initializer_dtype(config)
+
+
+def test_rule_nested_functional_single_io() -> None:
+    body = {
+        "name": "m",
+        "layers": [],
+        "input_layers": [["i", 0, 0]],
+        "output_layers": [["o", 0, 0]],
+    }
+    nested = {"class_name": "Functional", "config": body}
+    two = {
+        "name": "two",
+        "layers": [],
+        "input_layers": [["i", 0, 0]],
+        "output_layers": [["a", 0, 0], ["b", 0, 0]],
+    }
+    top = {
+        "class_name": "Model",
+        "config": {
+            "name": "top",
+            "layers": [nested, {"class_name": "Model", "config": two}],
+            "input_layers": [["x", 0, 0]],
+            "output_layers": [["y", 0, 0]],
+        },
+    }
+    assert legacy_rules.rule_nested_functional_single_io(top)
+    assert body["input_layers"] == ["i", 0, 0] and body["output_layers"] == ["o", 0, 0]
+    assert two["output_layers"] == [["a", 0, 0], ["b", 0, 0]]  # several outputs: a list
+    assert top["config"]["output_layers"] == [["y", 0, 0]]  # the top-level model untouched
+    assert not legacy_rules.rule_nested_functional_single_io(top)
+
+
+def test_rule_wrapped_layer_module() -> None:
+    inner = layer("Dense", name="d", units=2)
+    backward = layer("LSTM", name="b")
+    done = {"module": "keras.layers", "class_name": "GRU", "config": {}}
+    config = sequential(
+        layer("TimeDistributed", name="t", layer=inner),
+        layer("Bidirectional", name="bi", layer=done, backward_layer=backward),
+    )
+    assert legacy_rules.rule_wrapped_layer_module(config)
+    assert inner["module"] == "keras.layers" and inner["registered_name"] is None
+    assert backward["module"] == "keras.layers"
+    assert done == {"module": "keras.layers", "class_name": "GRU", "config": {}}
+    assert not legacy_rules.rule_wrapped_layer_module(config)
+
+
+def test_rule_rnn_initial_state_nodes() -> None:
+    decoder = {
+        "class_name": "LSTM",
+        "name": "lstm_2",
+        "config": {},
+        "inbound_nodes": [[["in", 0, 0, {}], ["lstm_1", 0, 1, {}], ["lstm_1", 0, 2, {}]]],
+    }
+    mixed = {
+        "class_name": "GRU",
+        "name": "g",
+        "config": {},
+        "inbound_nodes": [[["in", 0, 0, {"training": False}], ["h", 0, 0, {}]]],
+    }
+    dense = {
+        "class_name": "Dense",
+        "name": "d",
+        "config": {},
+        "inbound_nodes": [[["a", 0, 0, {}], ["b", 0, 0, {}]]],
+    }
+    model = {
+        "class_name": "Model",
+        "config": {
+            "name": "m",
+            "layers": [decoder, mixed, dense],
+            "input_layers": [],
+            "output_layers": [],
+        },
+    }
+    assert legacy_rules.rule_rnn_initial_state_nodes(model)
+
+    def ref(name: str, node: int, tensor: int) -> dict[str, Any]:
+        history = [name, node, tensor]
+        return {
+            "class_name": "__keras_tensor__",
+            "config": {"shape": [], "dtype": "float32", "keras_history": history},
+        }
+
+    assert decoder["inbound_nodes"] == [
+        {
+            "args": [ref("in", 0, 0)],
+            "kwargs": {"initial_state": [ref("lstm_1", 0, 1), ref("lstm_1", 0, 2)]},
+        }
+    ]
+    assert isinstance(mixed["inbound_nodes"][0], list)  # differing call arguments: left alone
+    assert isinstance(dense["inbound_nodes"][0], list)  # not a recurrent layer
+    assert not legacy_rules.rule_rnn_initial_state_nodes(model)
+
+
+def test_rule_gru_reset_after() -> None:
+    old = layer("GRU", name="old", units=3)
+    new = layer("GRU", name="new", units=3, reset_after=True)
+    config = sequential(old, new, layer("LSTM", name="l"))
+    assert legacy_rules.rule_gru_reset_after(config)
+    assert old["config"]["reset_after"] is False and new["config"]["reset_after"] is True
+    assert "reset_after" not in config["config"]["layers"][2]["config"]
+    assert not legacy_rules.rule_gru_reset_after(config)
+
+
+def test_rule_keras2_hard_sigmoid() -> None:
+    gru = layer("GRU", name="g", activation="tanh", recurrent_activation="hard_sigmoid")
+    act = layer("Activation", name="a", activation="hard_sigmoid")
+    other = layer("Dense", name="d", activation="sigmoid")
+    config = sequential(gru, act, other)
+    assert legacy_rules.rule_keras2_hard_sigmoid(config)
+    assert gru["config"]["recurrent_activation"] == legacy_rules.KERAS2_HARD_SIGMOID
+    assert act["config"]["activation"] == legacy_rules.KERAS2_HARD_SIGMOID
+    assert gru["config"]["activation"] == "tanh" and other["config"]["activation"] == "sigmoid"
+    assert legacy_rules.misread_silently(sequential(layer("Dense", activation="hard_sigmoid")))
+    assert not legacy_rules.rule_keras2_hard_sigmoid(config)
+
+
+def test_a_failure_inside_a_layer_call_reports_keras_reason() -> None:
+    from fuse_cli.formats.failures import reason_of
+
+    wrapped = ValueError(
+        "Exception encountered when calling Sequential.call().\n\n"
+        '\x1b[1mLayer "functional_4" expects 1 named input(s), but it received 2 input '
+        "tensors.\x1b[0m\n\nArguments received by Sequential.call():\n  • args=(...)"
+    )
+    assert reason_of(wrapped) == (
+        'Layer "functional_4" expects 1 named input(s), but it received 2 input tensors. '
+        "(calling Sequential.call())"
+    )
+    assert reason_of(ValueError("plain reason\nmore")) == "plain reason"
+
+
+def test_rule_layer_activation_module() -> None:
+    leaky = {"class_name": "LeakyReLU", "config": {"name": "l", "alpha": 0.1}}
+    prelu = {"class_name": "PReLU", "config": {"name": "p"}}  # has weights: not touched
+    done = {"module": "keras.layers", "class_name": "ReLU", "config": {}}
+    config = sequential(
+        layer("Dense", name="d", activation=leaky),
+        layer("Dense", name="e", activation=prelu),
+        layer("Dense", name="f", activation=done),
+        layer("Dense", name="g", activation="relu"),
+    )
+    assert legacy_rules.rule_layer_activation_module(config)
+    assert leaky["module"] == "keras.layers" and leaky["registered_name"] is None
+    assert leaky["config"] == {"name": "l", "alpha": 0.1}
+    assert "module" not in prelu
+    assert done == {"module": "keras.layers", "class_name": "ReLU", "config": {}}
+    assert not legacy_rules.rule_layer_activation_module(config)
+
+
+def test_tf_op_layers_are_refused_naming_layer_and_function(tmp_path: Path) -> None:
+    """tf.keras's TFOpLambda: refused before anything is built, with what it calls."""
+    path = tmp_path / "tf_op.h5"
+    shutil.copy(fixture_path("hard_sigmoid_dense"), path)
+    config = read_config(path)
+    config["config"]["layers"].append(
+        layer(
+            "TFOpLambda",
+            name="tf.compat.v1.gather",
+            trainable=True,
+            dtype="float32",
+            function="compat.v1.gather",
+        )
+    )
+    write_config(path, config)
+    with pytest.raises(ModelLoadError) as info:
+        load_legacy_h5(path, safe_mode=True)
+    assert info.value.exit_code == 3
+    assert str(info.value) == (
+        f"{path}: layer 'tf.compat.v1.gather' (TFOpLambda) calls the TensorFlow function "
+        "'compat.v1.gather' by name, which Keras 3 cannot build: refused "
+        "(written by Keras 2.21.0)"
+    )

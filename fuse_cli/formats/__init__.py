@@ -21,10 +21,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fuse_cli.errors import ModelLoadError, UsageError
-from fuse_cli.formats._keras_private import cache_keras_skipsets
+from fuse_cli.formats._keras_private import cache_keras_skipsets, variable_budget
 from fuse_cli.formats.hdf5 import load_hdf5
 from fuse_cli.formats.keras_zip import load_keras_zip
-from fuse_cli.formats.screening import HEAD_BYTES, Format, check_model_path, sniff_format
+from fuse_cli.formats.screening import (
+    HEAD_BYTES,
+    Format,
+    allowance,
+    check_model_path,
+    size_text,
+    sniff_format,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -129,7 +136,18 @@ def load_model(path: Path, *, unsafe: bool = False) -> LoadedModel:
             fmt = sniff_format(f.read(HEAD_BYTES), path)
             f.seek(0)
             reader = load_keras_zip if fmt == "keras" else load_hdf5
-            model, version, migrations = reader(f, path, unsafe=unsafe)
+            stored = os.fstat(f.fileno()).st_size
+            with variable_budget(allowance(stored), _too_large(path, stored)) as budget:
+                try:
+                    model, version, migrations = reader(f, path, unsafe=unsafe)
+                except ModelLoadError:
+                    # Keras wraps what a layer's build raised in its own error: the
+                    # budget's refusal is the reason, whatever Keras made of it.
+                    if budget.refused is not None:
+                        raise budget.refused from None
+                    raise
+                if budget.refused is not None:  # refused, caught and ignored inside Keras
+                    raise budget.refused
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
     import keras
@@ -147,6 +165,16 @@ def load_model(path: Path, *, unsafe: bool = False) -> LoadedModel:
         keras_version=version,
         migrations=migrations,
     )
+
+
+def _too_large(path: Path, stored: int) -> Callable[[int, int], Exception]:
+    def refuse(used: int, limit: int) -> Exception:
+        return ModelLoadError(
+            f"{path}: its config declares weights of {size_text(used)} or more, from a file "
+            f"of {size_text(stored)}: too large (limit {size_text(limit)})"
+        )
+
+    return refuse
 
 
 def load_models(

@@ -11,7 +11,12 @@ it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
+import math
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fuse_cli.errors import UsageError
@@ -23,6 +28,7 @@ LEGACY_JSON_UTILS = "keras.src.legacy.saving.json_utils"
 LEGACY_SAVING_OPTIONS = "keras.src.legacy.saving.saving_options"
 LEGACY_SAVING_UTILS = "keras.src.legacy.saving.saving_utils"
 GLOBAL_STATE = "keras.src.backend.common.global_state"
+BACKEND = "keras.src.backend"
 
 
 class KerasInternalsError(UsageError):
@@ -123,3 +129,93 @@ def cache_keras_skipsets() -> None:
                 set_attribute(key, get_skipset(obj_type))
     except (KerasInternalsError, AttributeError, ValueError):
         return
+
+
+def node_outputs(layer: Any) -> list[list[Any]]:
+    """Each call of `layer` in its model's graph: the symbolic tensors that call outputs.
+
+    Keras keeps a layer's calls in the private `_inbound_nodes`; a Keras that moves it
+    yields no calls here (the activation bound then counts only the inputs).
+    """
+    nodes = getattr(layer, "_inbound_nodes", None)
+    if not isinstance(nodes, list):
+        return []
+    return [list(getattr(node, "outputs", None) or []) for node in nodes]
+
+
+# --- the variable budget ------------------------------------------------------------------
+
+
+class VariableBudget:
+    """Bytes that the variables Keras creates inside `variable_budget` may take.
+
+    Keras allocates every variable a config declares (`Dense(2**25)`) before it reads
+    a single stored weight; this is charged before each allocation, so a file that
+    declares more than it may cost is refused before the memory is taken.
+    """
+
+    def __init__(self, limit: int, refuse: Callable[[int, int], Exception]) -> None:
+        self.limit = limit
+        self.used = 0
+        self.refuse = refuse
+        self.refused: Exception | None = None
+
+    def charge(self, nbytes: int) -> None:
+        """Count `nbytes` more, or raise (and keep raising) once past the limit."""
+        if self.refused is None:
+            self.used += nbytes
+            if self.used <= self.limit:
+                return
+            self.refused = self.refuse(self.used, self.limit)
+        raise self.refused
+
+
+_BUDGET: contextvars.ContextVar[VariableBudget | None] = contextvars.ContextVar(
+    "fuse_variable_budget", default=None
+)
+
+
+@contextlib.contextmanager
+def variable_budget(
+    limit: int, refuse: Callable[[int, int], Exception]
+) -> Iterator[VariableBudget]:
+    """Refuse, with `refuse(used, limit)`, variables past `limit` bytes created in the block."""
+    _install_budget_hook()
+    budget = VariableBudget(limit, refuse)
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
+
+
+def _install_budget_hook() -> None:
+    """Wrap the backend Variable's `_initialize_with_initializer`, once: the one place a
+    variable with a known shape takes its memory."""
+    variable_class = private(BACKEND, "Variable")
+    original = getattr(variable_class, "_initialize_with_initializer", None)
+    if original is None:
+        raise KerasInternalsError(
+            f"the installed Keras {_keras_version()} has no Variable._initialize_with_initializer, "
+            "which fuse needs to bound what a model file allocates; install a Keras release "
+            "fuse supports (pip install 'keras>=3.15.1,<4')"
+        )
+    if getattr(original, "_fuse_budget", False):
+        return
+
+    def guarded(self: Any, initializer: Any) -> Any:
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.charge(_variable_bytes(self._shape, self._dtype))
+        return original(self, initializer)
+
+    guarded._fuse_budget = True  # type: ignore[attr-defined]
+    variable_class._initialize_with_initializer = guarded
+
+
+def _variable_bytes(shape: Any, dtype: Any) -> int:
+    """A variable's size: its elements times the bytes of its dtype (4 if unknown)."""
+    count = math.prod(int(d) for d in shape) if shape else 1
+    bits = re.search(r"(\d+)$", str(dtype))
+    itemsize = 1 if str(dtype) == "bool" else (int(bits.group(1)) // 8 if bits else 4)
+    return count * max(1, itemsize)

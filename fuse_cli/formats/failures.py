@@ -18,6 +18,10 @@ from fuse_cli.errors import FuseError, ModelLoadError, first_line
 
 _UNSAFE_MARKERS = ("safe_mode", "unsafe", "arbitrary code")
 _CONFIG_DUMP = "Exception encountered: "
+# Keras wraps errors raised inside a layer call: "Exception encountered when calling
+# Sequential.call().", a blank line, the reason in bold (ANSI codes), the arguments.
+_CALL_WRAPPER = re.compile(r"^Exception encountered when calling ([\w.]+)\(\)\.\s*$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def is_unsafe_refusal(exc: BaseException) -> bool:
@@ -31,6 +35,11 @@ def reason_of(exc: BaseException) -> str:
     text = str(exc).strip()
     if _CONFIG_DUMP in text:
         text = text.rsplit(_CONFIG_DUMP, 1)[1].strip()
+    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    wrapper = _CALL_WRAPPER.match(lines[0]) if lines else None
+    if wrapper and len(lines) > 1:
+        # The reason is the line after Keras's wrapper, not the wrapper itself.
+        text = f"{lines[1]} (calling {wrapper.group(1)}())"
     reason = first_line(text or type(exc).__name__)
     if type(exc) not in (ValueError, TypeError, OSError):
         reason = f"{type(exc).__name__}: {reason}"

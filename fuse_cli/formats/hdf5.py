@@ -19,8 +19,14 @@ from typing import IO, TYPE_CHECKING, Any
 from fuse_cli.errors import FuseError, ModelLoadError, first_line
 from fuse_cli.formats import _keras_private
 from fuse_cli.formats.failures import describe_load_failure, is_unsafe_refusal
-from fuse_cli.formats.legacy_rules import Config, migrate_config, misread_silently
-from fuse_cli.formats.screening import attr_text, check_config, check_hdf5
+from fuse_cli.formats.legacy_rules import Config, migrate_config, misread_silently, refusal
+from fuse_cli.formats.screening import (
+    attr_text,
+    check_config,
+    check_hdf5,
+    file_size,
+    parse_config,
+)
 
 if TYPE_CHECKING:
     import h5py
@@ -46,13 +52,11 @@ def load_hdf5(
         raise ModelLoadError(f"{path}: corrupt HDF5 file: {first_line(exc)}") from None
     with h5:
         try:
-            check_hdf5(h5, path)
-            config = json.loads(attr_text(h5.attrs["model_config"]) or "")
+            check_hdf5(h5, path, stored=file_size(f))
+            config = parse_config(attr_text(h5.attrs["model_config"]) or "", path, "model_config")
             version = attr_text(h5.attrs.get("keras_version"))
         except ModelLoadError:
             raise
-        except ValueError:
-            raise ModelLoadError(f"{path}: model_config is not valid JSON") from None
         except Exception as exc:  # h5py raises OSError, KeyError, ... on corrupt structures
             raise ModelLoadError(f"{path}: corrupt HDF5 file: {first_line(exc)}") from None
         if not isinstance(config, dict):
@@ -113,8 +117,12 @@ def _build_from_config(config: Config, *, safe_mode: bool) -> keras.Model:
     """Rebuild a model from a migrated legacy config, as Keras's H5 loader does.
 
     Keras 3 has no public entry point for legacy (Keras 2) configs: the new-format
-    deserializer behind `keras.models.model_from_json` cannot read them.
+    deserializer behind `keras.models.model_from_json` cannot read them. The rules may
+    name fuse's registered objects (`fuse>Keras2HardSigmoid`), so they are registered
+    first.
     """
+    import fuse_cli.layers  # noqa: F401  (registers the objects the rules may name)
+
     model: keras.Model = _keras_private.legacy_model_from_config(
         json.dumps(config), safe_mode=safe_mode
     )
@@ -233,7 +241,8 @@ def load_legacy_h5(
     The plain Keras 3 loader runs first. When it fails for a reason other than safe
     mode, the stored config is migrated by the rules; if no rule applies, the failure is
     unknown and reported as Keras gave it. A config that Keras 3 would misread without
-    an error is migrated without trying the plain loader.
+    an error is migrated without trying the plain loader; one that no rule can make
+    exact (`legacy_rules.REFUSALS`) is refused before anything is built.
 
     Args:
         path: an HDF5 model file (named in messages).
@@ -259,6 +268,10 @@ def load_legacy_h5(
             return load_legacy_h5(path, safe_mode=safe_mode, h5=opened)
     header = _read_header(h5)
     version = header.keras_version
+    reason = refusal(header.config, version) if header.config else None
+    if reason:
+        # Keras 3 would load it, computing another function: refused before it can.
+        raise ModelLoadError(f"{path}: {reason}: refused (written by Keras {version})")
     plain_error: Exception | None = None
     if header.config is None or not misread_silently(header.config):
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -10,7 +9,13 @@ from typing import IO, TYPE_CHECKING, Any
 from fuse_cli.errors import ModelLoadError
 from fuse_cli.formats import _keras_private
 from fuse_cli.formats.failures import keras_errors
-from fuse_cli.formats.screening import check_archive_weights, check_config, check_keras_archive
+from fuse_cli.formats.screening import (
+    check_archive_weights,
+    check_config,
+    check_keras_archive,
+    file_size,
+    parse_config,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -27,12 +32,16 @@ def load_keras_zip(
     Raises:
         ModelLoadError: A refused or corrupt archive, or one Keras cannot load.
     """
+    stored = file_size(f)
     try:
         with zipfile.ZipFile(f) as zf:
-            check_keras_archive(zf, path)
-            check_archive_weights(zf, path)
-            metadata = _read_json_member(zf, "metadata.json")
-            config = _read_json_member(zf, "config.json")
+            check_keras_archive(zf, path, stored)
+            check_archive_weights(zf, path, stored)
+            try:
+                metadata = _read_json_member(zf, "metadata.json", path)
+            except ModelLoadError:
+                metadata = None  # only the writer's version is read from it, if it parses
+            config = _read_json_member(zf, "config.json", path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise ModelLoadError(f"{path}: corrupt .keras archive: {exc}") from None
     if not isinstance(config, dict):
@@ -42,13 +51,10 @@ def load_keras_zip(
     with keras_errors(path):
         model = _keras_private.load_keras_archive(f, safe_mode=not unsafe)
     version = metadata.get("keras_version") if isinstance(metadata, dict) else None
-    return model, version, []
+    return model, version if isinstance(version, str) else None, []
 
 
-def _read_json_member(zf: zipfile.ZipFile, name: str) -> Any:
+def _read_json_member(zf: zipfile.ZipFile, name: str, path: Path) -> Any:
     if name not in zf.namelist():
         return None
-    try:
-        return json.loads(zf.read(name))
-    except (ValueError, UnicodeDecodeError):
-        return None
+    return parse_config(zf.read(name), path, name)

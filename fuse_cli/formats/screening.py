@@ -11,13 +11,15 @@ tested and fuzzed without Keras or TensorFlow.
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import re
 import stat
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from fuse_cli.errors import FuseError, ModelLoadError, first_line
 
@@ -37,10 +39,23 @@ _URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # Path() folds "://" to "
 # What a `.keras` archive written by Keras 3 contains (saving_lib.py).
 KERAS_MEMBERS = frozenset({"config.json", "metadata.json", "model.weights.h5", "model.weights.npz"})
 KERAS_ASSETS = "assets/"
-MAX_CONFIG_BYTES = 64 * 1024**2
+MiB = 1024**2
+# A file costs what it stores (DESIGN §4): what a file makes fuse allocate, extract or
+# parse is bounded by a fixed margin plus a small multiple of the bytes it really holds.
+# Keras writes weights uncompressed, so a real model declares about what it stores.
+MARGIN_BYTES = 256 * MiB
+STORED_FACTOR = 4
+MAX_CONFIG_BYTES = 16 * MiB  # the largest Keras configs seen are a few MB
+MAX_CONFIG_DEPTH = 128  # nesting of a config's lists and dicts; Keras's own stay below 40
 MAX_MEMBER_BYTES = 16 * 1024**3
 MAX_RATIO = 1000  # declared size / compressed size; zip bombs reach millions
 IN_MEMORY_BYTES = 1024**3  # archived weights up to this size are checked in memory
+# A dataset may declare more than it stores (compression, fill values) by this ratio,
+# plus this slack; a never-written dataset of any size stores nothing.
+MAX_DATASET_RATIO = 1000
+DATASET_SLACK = 64 * 1024
+# Keras turns each array of a `model.weights.npz` into a Python list: 8-32 bytes an element.
+NPZ_ELEMENT_COST = 32
 
 # Modules a Keras model config may name. Anything else (`os`, `builtins`, `subprocess`,
 # a user's package) is either code fuse cannot vouch for or a layer it cannot build.
@@ -53,6 +68,29 @@ ALLOWED_MODULE = re.compile(r"^(keras|tf_keras|fuse_cli\.layers)(\..*)?$")
 GADGETS = frozenset(
     {"enable_unsafe_deserialization", "get_file", "load_model", "load_weights", "save_model"}
 )
+
+
+def allowance(stored: int) -> int:
+    """The bytes a file that stores `stored` bytes may make fuse allocate or extract."""
+    return MARGIN_BYTES + STORED_FACTOR * max(0, stored)
+
+
+def size_text(size: float) -> str:
+    """Bytes as a short human figure (`512 MiB`, `3.2 GiB`)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" or size >= 100 else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+def file_size(f: IO[bytes]) -> int:
+    """The size of an open file (its end), leaving its position unchanged."""
+    where = f.tell()
+    try:
+        return f.seek(0, os.SEEK_END)
+    finally:
+        f.seek(where)
 
 
 # --- the file itself --------------------------------------------------------------------
@@ -116,16 +154,19 @@ def sniff_format(head: bytes, path: Path) -> Format:
 # --- .keras archives ----------------------------------------------------------------------
 
 
-def check_keras_archive(zf: zipfile.ZipFile, path: Path) -> None:
+def check_keras_archive(zf: zipfile.ZipFile, path: Path, stored: int | None = None) -> None:
     """Refuse archives that hold anything a `.keras` file does not.
 
     Checks member names (no absolute paths, no `..`, only the files Keras writes),
-    links, and declared sizes, before anything is extracted.
+    links, and declared sizes (each, and all together against the `stored` bytes of
+    the archive), before anything is extracted.
 
     Raises:
         ModelLoadError: Naming the offending member.
     """
     names = set()
+    total = 0
+    budget = allowance(stored) if stored is not None else None
     for info in zf.infolist():
         name = info.filename
         names.add(name)
@@ -147,18 +188,28 @@ def check_keras_archive(zf: zipfile.ZipFile, path: Path) -> None:
                 f"{path}: archive member {name!r} expands {info.file_size} bytes from "
                 f"{info.compress_size}: refused as a zip bomb"
             )
+        total += info.file_size
+        if budget is not None and total > budget:
+            raise ModelLoadError(
+                f"{path}: archive members declare {size_text(total)} or more, from a file of "
+                f"{size_text(stored or 0)}: too large (limit {size_text(budget)})"
+            )
     if "config.json" not in names:
         raise ModelLoadError(f"{path}: .keras archive has no config.json")
     if not names & {"model.weights.h5", "model.weights.npz"}:
         raise ModelLoadError(f"{path}: .keras archive has no weights (model.weights.h5)")
 
 
-def check_archive_weights(zf: zipfile.ZipFile, path: Path) -> None:
-    """Apply the HDF5 link checks to the weights file inside a `.keras` archive.
+def check_archive_weights(zf: zipfile.ZipFile, path: Path, stored: int | None = None) -> None:
+    """Apply the HDF5 checks to the weights file inside a `.keras` archive (or the npz
+    checks to `model.weights.npz`), against the `stored` bytes of the archive.
 
     Raises:
-        ModelLoadError: A refused link or storage, or weights h5py cannot read.
+        ModelLoadError: A refused link or storage, weights that declare far more than
+            the archive stores, or weights h5py cannot read.
     """
+    if "model.weights.npz" in zf.namelist():
+        check_archive_npz(zf, path, stored)
     if "model.weights.h5" not in zf.namelist():
         return
     import h5py
@@ -169,7 +220,7 @@ def check_archive_weights(zf: zipfile.ZipFile, path: Path) -> None:
     with zf.open("model.weights.h5") as inner:
         try:
             with h5py.File(io.BytesIO(inner.read()) if in_memory else inner, "r") as h5:
-                check_hdf5_links(h5, path, "model.weights.h5:")
+                check_hdf5_links(h5, path, "model.weights.h5:", stored=stored)
         except ModelLoadError:
             raise
         except Exception as exc:  # h5py raises OSError, KeyError, ValueError... on corrupt data
@@ -178,7 +229,79 @@ def check_archive_weights(zf: zipfile.ZipFile, path: Path) -> None:
             ) from None
 
 
+def check_archive_npz(zf: zipfile.ZipFile, path: Path, stored: int | None) -> None:
+    """Read the headers of `model.weights.npz`'s arrays, allocating none of them.
+
+    Each array must hold what its header declares, and all of them together must fit
+    the file's allowance at what Keras spends on an element (it makes Python lists).
+
+    Raises:
+        ModelLoadError: A header that lies, or arrays too large for the file.
+    """
+    budget = allowance(stored) if stored is not None else None
+    elements = 0
+    try:
+        with zf.open("model.weights.npz") as member, zipfile.ZipFile(member) as npz:
+            for info in npz.infolist():
+                shape, dtype = read_npy_header(npz, info)
+                count, itemsize = math.prod(shape), max(1, dtype.itemsize)
+                if count * itemsize > info.file_size:
+                    raise ModelLoadError(
+                        f"{path}: model.weights.npz: {info.filename} declares shape "
+                        f"{tuple(shape)} ({size_text(count * itemsize)}) but holds "
+                        f"{size_text(info.file_size)}: refused"
+                    )
+                elements += count
+                if budget is not None and elements * NPZ_ELEMENT_COST > budget:
+                    raise ModelLoadError(
+                        f"{path}: model.weights.npz declares {elements:,} values or more, "
+                        f"{size_text(elements * NPZ_ELEMENT_COST)} to load, from a file of "
+                        f"{size_text(stored or 0)}: too large (limit {size_text(budget)})"
+                    )
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: corrupt model.weights.npz: {first_line(exc)}") from None
+
+
+def read_npy_header(npz: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[list[int], Any]:
+    """The shape and numpy dtype an `.npy` member of an archive declares, from its header.
+
+    Raises:
+        ValueError: Not an `.npy` array, or a header numpy cannot read.
+    """
+    import numpy as np
+
+    with npz.open(info) as f:
+        major, _minor = np.lib.format.read_magic(f)
+        if major == 1:
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    return [int(d) for d in shape], dtype
+
+
 # --- configs ------------------------------------------------------------------------------
+
+
+def parse_config(text: str | bytes, path: Path, what: str = "config.json") -> Any:
+    """Parse a model config within the size and nesting caps.
+
+    Raises:
+        ModelLoadError: Larger than `MAX_CONFIG_BYTES`, nested deeper than Python reads,
+            or not JSON.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ModelLoadError(
+            f"{path}: {what} is {size_text(len(text))}: too large (limit "
+            f"{size_text(MAX_CONFIG_BYTES)})"
+        )
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ModelLoadError(
+            f"{path}: {what} is nested too deeply (limit {MAX_CONFIG_DEPTH} levels)"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: {what} is not valid JSON: {first_line(exc)}") from None
 
 
 def check_config(config: dict[str, Any], path: Path) -> None:
@@ -190,7 +313,7 @@ def check_config(config: dict[str, Any], path: Path) -> None:
     Raises:
         ModelLoadError: Naming the module or function.
     """
-    for node in _dicts(config):
+    for node in _dicts(config, path):
         module = node.get("module")
         class_name = node.get("class_name")
         # `module` names where a class or function lives only beside `class_name`; in
@@ -205,62 +328,129 @@ def check_config(config: dict[str, Any], path: Path) -> None:
                 raise ModelLoadError(f"{path}: config calls {value!r}, a loading gadget: refused")
 
 
-def _dicts(value: Any) -> Iterator[dict[str, Any]]:
-    stack = [value]
+def _dicts(value: Any, path: Path) -> Iterator[dict[str, Any]]:
+    stack = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise ModelLoadError(
+                f"{path}: config is nested more than {MAX_CONFIG_DEPTH} levels deep: refused"
+            )
         if isinstance(item, dict):
             yield item
-            stack.extend(item.values())
+            stack.extend((child, depth + 1) for child in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((child, depth + 1) for child in item)
 
 
 # --- HDF5 -----------------------------------------------------------------------------------
 
 
-def check_hdf5(h5: h5py.File, path: Path) -> None:
-    """Refuse HDF5 files that are not models or that reach outside themselves.
+def check_hdf5(h5: h5py.File, path: Path, stored: int | None = None) -> None:
+    """Refuse HDF5 files that are not models, reach outside themselves, or declare far
+    more than they store.
 
     Raises:
-        ModelLoadError: No model config, or a link/storage outside the file.
+        ModelLoadError: No model config, a link/storage outside the file, or datasets
+            too large for the `stored` bytes of the file.
     """
     if "model_config" not in h5.attrs:
         raise ModelLoadError(
             f"{path}: HDF5 file holds no model_config: weights only, or not a model"
         )
-    check_hdf5_links(h5, path)
+    check_hdf5_links(h5, path, stored=stored)
 
 
-def check_hdf5_links(h5: h5py.Group, path: Path, where: str = "") -> None:
-    """Refuse links and storage that make HDF5 read other files (CVE-2026-1669).
+def check_hdf5_links(
+    h5: h5py.Group, path: Path, where: str = "", *, stored: int | None = None
+) -> None:
+    """Refuse links and storage that make HDF5 read other files (CVE-2026-1669), and
+    datasets that declare far more than they store.
 
     External links, soft links, external raw storage and virtual datasets can make
-    h5py read any file on the machine; a model never needs them.
+    h5py read any file on the machine; a model never needs them. The walk visits each
+    link of each group once and each object once (HDF5's own visit, which remembers the
+    groups it has seen), so hard links that reach a group twice, or loop back to a
+    parent, cost one visit, not one per path.
 
     Raises:
         ModelLoadError: Naming the object and what it is.
     """
     import h5py
 
-    def visit(group: h5py.Group, prefix: str) -> None:
-        for name in group:
-            link = group.get(name, getlink=True)
-            at = f"{prefix}/{name}"
-            if isinstance(link, h5py.ExternalLink):
-                raise ModelLoadError(f"{path}: HDF5 external link at {at} is refused")
-            if isinstance(link, h5py.SoftLink):
-                raise ModelLoadError(f"{path}: HDF5 soft link at {at} is refused")
-            item = group.get(name)
-            if isinstance(item, h5py.Dataset):
-                if item.external:
-                    raise ModelLoadError(f"{path}: HDF5 dataset {at} uses external storage")
-                if item.is_virtual:
-                    raise ModelLoadError(f"{path}: HDF5 dataset {at} is a virtual dataset")
-            elif isinstance(item, h5py.Group):
-                visit(item, at)
+    budget = allowance(stored) if stored is not None else None
+    seen: set[int] = set()
+    declared = 0
 
-    visit(h5, where)
+    def visit(name: str, link: Any) -> None:
+        nonlocal declared
+        at = f"{where}/{name}"
+        if isinstance(link, h5py.ExternalLink):
+            raise ModelLoadError(f"{path}: HDF5 external link at {at} is refused")
+        if isinstance(link, h5py.SoftLink):
+            raise ModelLoadError(f"{path}: HDF5 soft link at {at} is refused")
+        item = h5.get(name)
+        address = h5py.h5o.get_info(item.id).addr
+        if address in seen:
+            return
+        seen.add(address)
+        if isinstance(item, h5py.Group):
+            check_weight_names(item, path, at)
+            return
+        if not isinstance(item, h5py.Dataset):
+            return
+        if item.external:
+            raise ModelLoadError(f"{path}: HDF5 dataset {at} uses external storage")
+        if item.is_virtual:
+            raise ModelLoadError(f"{path}: HDF5 dataset {at} is a virtual dataset")
+        size = _declared_bytes(item)
+        holds = item.id.get_storage_size()
+        if size > MAX_DATASET_RATIO * holds + DATASET_SLACK:
+            raise ModelLoadError(
+                f"{path}: HDF5 dataset {at} declares {size_text(size)} (shape "
+                f"{item.shape}) but stores {size_text(holds)}: refused"
+            )
+        declared += size
+        if budget is not None and declared > budget:
+            raise ModelLoadError(
+                f"{path}: HDF5 datasets declare {size_text(declared)} or more, from a file "
+                f"of {size_text(stored or 0)}: too large (limit {size_text(budget)})"
+            )
+
+    def visit_once(name: str, link: Any) -> ModelLoadError | None:
+        # h5py cannot pass an exception out of its visit: stop the walk, raise after it
+        try:
+            visit(name, link)
+        except ModelLoadError as exc:
+            return exc
+        return None
+
+    check_weight_names(h5, path, where or "/")
+    refused = h5.visititems_links(visit_once)
+    if refused is not None:
+        raise refused
+
+
+def _declared_bytes(dataset: h5py.Dataset) -> int:
+    shape = dataset.shape or ()
+    return math.prod(int(d) for d in shape) * max(1, int(dataset.dtype.itemsize))
+
+
+def check_weight_names(group: h5py.Group, path: Path, at: str) -> None:
+    """A layer's `weight_names` may list a weight once: each listing is read in full.
+
+    Raises:
+        ModelLoadError: A name listed twice.
+    """
+    names = group.attrs.get("weight_names")
+    if names is None or not hasattr(names, "__len__"):
+        return
+    listed = [attr_text(n) for n in names]
+    if len(set(listed)) != len(listed):
+        twice = next(n for n in listed if listed.count(n) > 1)
+        raise ModelLoadError(
+            f"{path}: HDF5 group {at} lists weight {twice!r} {listed.count(twice)} times: refused"
+        )
 
 
 def attr_text(value: Any) -> str | None:
