@@ -289,8 +289,8 @@ def evaluate_files(
         raise UsageError("give at least one model to evaluate")
     check_batch_size(batch_size)
     if save is not None:
-        check_destination(save, [*files, Path(data_path)], force=force)
         check_writes([("--save-predictions", save)], [*files, Path(data_path)])
+        check_destination(save, [], force=force)
     data = read_any(data_path, images)
     for path in files:
         check_model_path(path)

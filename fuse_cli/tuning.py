@@ -146,14 +146,14 @@ class TuneReport:
         }
 
 
-def check_tune_options(out: Path, options: TuneOptions, inputs: Sequence[Path] = ()) -> None:
+def check_tune_options(out: Path, options: TuneOptions) -> None:
     """Check what can be checked before reading data or loading models.
 
     Raises:
         UsageError: A bad holdout, fold count, batch size, plot file type, or a missing
             matplotlib.
-        OutputError: The plot file exists without `force`, its folder is missing, or
-            it is one of the inputs.
+        OutputError: The plot file exists without `force`, or its folder is missing
+            (`check_writes` then checks it against the inputs).
     """
     if not 0 <= options.holdout < 1:
         raise UsageError(f"--holdout must be at least 0 and below 1; got {options.holdout}")
@@ -172,7 +172,7 @@ def check_tune_options(out: Path, options: TuneOptions, inputs: Sequence[Path] =
         raise UsageError("--plot needs matplotlib: pip install 'fuse-cli[plot]'")
     if plot.resolve() == out.resolve():
         raise UsageError(f"--plot {plot}: is also the output model")
-    check_destination(plot, inputs, force=options.force)
+    check_destination(plot, [], force=options.force)
 
 
 def tune_files(
@@ -225,8 +225,8 @@ def tune_files(
     ):
         raise UsageError("--rescale, --offset and --skip-bad-images apply to --data DIR; "
                          "--predictions were computed already")
-    check_tune_options(out, options, [*files, source])
-    check_output(out, [*files, source], force=options.force)
+    check_tune_options(out, options)
+    check_output(out, files, force=options.force)
     plot = [("--plot", options.plot)] if options.plot is not None else []
     check_writes([("-o", out), *plot], [*files, source])
     saved = read_predictions(source) if options.predictions is not None else None

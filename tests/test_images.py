@@ -308,7 +308,7 @@ def test_exit_5_saved_predictions_cannot_replace_an_input(
     result = run(runner, "evaluate", images["rgb"], "--data", images["folder"],
                  "--save-predictions", images["rgb"])
     assert result.exit_code == 5
-    assert "is also an input" in result.stderr
+    assert f"--save-predictions {images['rgb']}: is also the input" in result.stderr
     existing = tmp_path / "p.npz"
     existing.write_bytes(b"old")
     result = run(runner, "evaluate", images["rgb"], "--data", images["folder"],
