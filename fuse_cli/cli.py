@@ -154,6 +154,11 @@ AssumeNonnegativeOption = Annotated[
                        "prove outputs >= 0.")
 ]
 NameOption = Annotated[str, typer.Option("--name", help="Name of the merged model.")]
+NoShareOption = Annotated[
+    bool, typer.Option("--no-share", help="Keep every member whole: do not compute a backbone "
+                       "that members fed one input share (same config and bit-identical "
+                       "weights) only once.")
+]
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -240,6 +245,7 @@ def merge(
                      "(repeatable): saved_model → OUT_saved_model/, litert → OUT.tflite, "
                      "onnx → OUT.onnx."),
     ] = None,
+    no_share: NoShareOption = False,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -267,6 +273,7 @@ def merge(
             force=force,
             verify=not no_verify,
             unsafe=unsafe,
+            share=not no_share,
             exports=list(export or []),
             quiet=not debug,
         )
@@ -575,6 +582,7 @@ def tune_command(
         bool, typer.Option("--no-verify", help="Skip reloading OUTPUT and checking the formula.")
     ] = False,
     batch_size: BatchSizeOption = None,
+    no_share: NoShareOption = False,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -605,7 +613,7 @@ def tune_command(
             images=images,
             predictions=predictions,
             renormalize=renormalize, assume_nonnegative=assume_nonnegative, name=name,
-            force=force, verify=not no_verify, unsafe=unsafe, plot=plot,
+            force=force, verify=not no_verify, unsafe=unsafe, plot=plot, share=not no_share,
         )
         with render.progress_bars(not json_output) as (say, advance):
             report = tune_files(models, data, output, options, progress=say, advance=advance)

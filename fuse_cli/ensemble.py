@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fuse_cli.choices import InputsMode, Mode
 from fuse_cli.errors import IncompatibleModelsError, UsageError
+from fuse_cli.sharing import SharingPlan, call_members, find_sharing, sharing_record
 
 if TYPE_CHECKING:
     import keras
@@ -285,6 +286,7 @@ def build_ensemble(
     name: str = "ensemble",
     labels: Sequence[str] | None = None,
     provenance: dict[str, Any] | None = None,
+    share: bool | SharingPlan = True,
 ) -> keras.Model:
     """Wrap the members in one functional model that combines their outputs.
 
@@ -297,7 +299,11 @@ def build_ensemble(
         assume_nonnegative: Product mode: skip the last-activation check.
         name: The merged model's name.
         labels: How members are named in messages; defaults to their model names.
-        provenance: Recorded in the combining layers' configs.
+        provenance: Recorded in the combining layers' configs (with a `sharing`
+            entry added, unless it has one).
+        share: With shared inputs, compute what members have in common once
+            (`fuse_cli.sharing`); False never shares; a plan from `find_sharing` on
+            these models is used as it is.
 
     Returns:
         The merged model.
@@ -324,15 +330,25 @@ def build_ensemble(
 
     if len({id(m) for m in models}) != len(models):
         raise UsageError("the same in-memory model was given twice; load or clone it again")
-    for model, unique in zip(models, member_names(models), strict=True):
+
+    sharing = _sharing_plan(models, share) if plan.shared else None
+    if provenance is not None and "sharing" not in provenance:
+        record = sharing.record() if sharing else sharing_record([], enabled=share is not False)
+        provenance = {**provenance, "sharing": record}
+    names = member_names(models)
+    for model, unique in zip(models, names, strict=True):
         model.name = unique
 
     model_inputs = _make_inputs(plan, len(models))
-    member_outputs = []
-    for i, model in enumerate(models):
-        own = model_inputs[0] if plan.shared else model_inputs[i]
-        result = model(own if len(own) > 1 else own[0])
-        member_outputs.append(keras.tree.flatten(result))
+    if sharing is not None and sharing.segments:
+        own = model_inputs[0]
+        results = call_members(models, names, own if len(own) > 1 else own[0], sharing)
+    else:
+        results = []
+        for i, model in enumerate(models):
+            own = model_inputs[0] if plan.shared else model_inputs[i]
+            results.append(model(own if len(own) > 1 else own[0]))
+    member_outputs = [keras.tree.flatten(result) for result in results]
 
     layer_class = MERGE_LAYERS[mode.value]
     extra = {"renormalize": renormalize} if mode is Mode.PRODUCT else {}
@@ -347,6 +363,12 @@ def build_ensemble(
         outputs=outputs if len(outputs) > 1 else outputs[0],
         name=name,
     )
+
+
+def _sharing_plan(models: Sequence[keras.Model], share: bool | SharingPlan) -> SharingPlan | None:
+    if share is False:
+        return None
+    return share if isinstance(share, SharingPlan) else find_sharing(models)
 
 
 def _make_inputs(plan: InputPlan, count: int) -> list[list[Any]]:

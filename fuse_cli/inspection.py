@@ -61,6 +61,8 @@ class EnsembleInfo:
     tool: str | None
     members: list[dict[str, Any]]
     tuning: dict[str, Any] | None = None
+    # What the members share and compute once, as recorded (`fuse_cli.sharing`).
+    sharing: dict[str, Any] | None = None
 
 
 @dataclass
@@ -249,6 +251,7 @@ def read_ensemble(model: keras.Model) -> EnsembleInfo | None:
         tool=text_or_none(provenance.get("tool")),
         members=infos,
         tuning=tuning if isinstance(tuning, dict) else None,
+        sharing=recorded_sharing(provenance.get("sharing")),
     )
 
 
@@ -271,3 +274,46 @@ def numbers_or_none(value: Any) -> list[float] | None:
     ):
         return None
     return [float(v) for v in value]
+
+
+_SEGMENT_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "members": (list,),
+    "after": (str, type(None)),
+    "layers": (list,),
+    "layer_count": (int,),
+    "params": (int,),
+    "weight_bytes": (int,),
+}
+
+
+def recorded_sharing(record: Any) -> dict[str, Any] | None:
+    """The provenance's `sharing` entry, type-checked field by field (it is file data).
+
+    Returns:
+        `enabled`, `segments` (each with the fields above), `params_saved` and
+        `bytes_saved`, or None when the file records no (readable) sharing entry.
+    """
+    if not isinstance(record, dict) or not isinstance(record.get("segments"), list):
+        return None
+    segments = []
+    for entry in record["segments"]:
+        if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(key), kinds) for key, kinds in _SEGMENT_FIELDS.items()
+        ):
+            return None
+        if not all(_is_int(i) for i in entry["members"]) or not all(
+            isinstance(name, str) for name in entry["layers"]
+        ):
+            return None
+        segments.append({key: entry[key] for key in _SEGMENT_FIELDS})
+    saved = {k: record.get(k) for k in ("params_saved", "bytes_saved")}
+    return {
+        "enabled": bool(record.get("enabled")),
+        "segments": segments,
+        **{k: v if _is_int(v) else None for k, v in saved.items()},
+    }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

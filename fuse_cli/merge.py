@@ -25,6 +25,7 @@ from fuse_cli.export import artifact_path, export_file, plan_exports
 from fuse_cli.files import check_output, check_writes, publish
 from fuse_cli.formats import LoadedModel, cache_keras_skipsets, load_model, load_models
 from fuse_cli.report import MemberReport, MergeReport, file_labels, formula_text
+from fuse_cli.sharing import find_sharing, sharing_record
 from fuse_cli.verification import batch_size, check_formula
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class MergeOptions:
     force: bool = False
     verify: bool = True
     unsafe: bool = False
+    # Compute what members fed one input have in common once (`--no-share`: off).
+    share: bool = True
     # `--export`: deployable artifacts written beside OUT once it is verified.
     exports: Sequence[ExportFormat] = ()
     # Keep the exporters' native log lines off stderr (off with --debug).
@@ -161,6 +164,10 @@ def merge_loaded(
         for m in loaded:
             batch_size(input_specs(m.model), str(m.path), m.model)
     provenance = _provenance(loaded, labels, given, normalized, options, plan.shared)
+    sharing = find_sharing(models) if options.share and plan.shared else None
+    provenance["sharing"] = (
+        sharing.record() if sharing else sharing_record([], enabled=options.share)
+    )
 
     say("building the ensemble")
     merged = build_ensemble(
@@ -173,6 +180,7 @@ def merge_loaded(
         name=options.name,
         labels=labels,
         provenance=provenance,
+        share=sharing if sharing is not None else False,
     )
 
     errors: list[float] = []
@@ -206,6 +214,7 @@ def merge_loaded(
         max_abs_error=errors[0] if errors else None,
         elapsed_seconds=time.perf_counter() - start,
         warnings=warnings,
+        sharing=provenance["sharing"],
     )
 
 

@@ -95,6 +95,8 @@ def print_merge_report(report: MergeReport) -> None:
 
 def _print_written(report: MergeReport) -> None:
     """The formula, the file written and its verification: merge's and tune's last lines."""
+    for line in sharing_lines(report.sharing, [m.file for m in report.members]):
+        console.print(f"shared:   {literal(line)}")
     console.print(f"formula:  {literal(report.formula)}")
     console.print(f"output:   {literal(report.output)} ({_size_text(report.size)})")
     if report.verified and report.max_abs_error is not None:
@@ -102,6 +104,29 @@ def _print_written(report: MergeReport) -> None:
                       f"{report.max_abs_error:.2e}")
     else:
         console.print("verified: skipped (--no-verify)")
+
+
+def sharing_lines(sharing: dict[str, Any] | None, labels: list[str]) -> list[str]:
+    """What members share and compute once, one line per shared segment, and the total.
+
+    Nothing when nothing is shared (the JSON report still says so).
+    """
+    if not sharing:
+        return []
+    if not sharing.get("enabled"):
+        return ["off (--no-share)"]
+    segments = sharing.get("segments") or []
+    lines = []
+    for seg in segments:
+        names = [labels[i] if 0 <= i < len(labels) else str(i) for i in seg["members"]]
+        after = f" after {seg['after']}" if seg.get("after") else ""
+        layers = ", ".join(seg["layers"])
+        lines.append(f"{seg['name']}{after} = {layers} ({seg['layer_count']} layers, "
+                     f"{seg['params']:,} params) computed once for {', '.join(names)}")
+    if sharing.get("params_saved") is not None and sharing.get("bytes_saved") is not None:
+        lines.append(f"saves {sharing['params_saved']:,} params "
+                     f"({_size_text(sharing['bytes_saved'])} of weights)")
+    return lines
 
 
 def _size_text(size: int) -> str:
@@ -179,6 +204,9 @@ def _print_model_info(info: ModelInfo) -> None:
         source = literal(str(m["file"])) if m["file"] else "(not recorded)"
         digest = literal(m["sha256"]) if m["sha256"] else "(no SHA-256 recorded)"
         console.print(f"    member {m['index']}: {source} → {literal(m['layer'])}, sha256 {digest}")
+    labels = [f"member {m['index']}" for m in e.members]
+    for line in sharing_lines(e.sharing, labels):
+        console.print(f"  shared:     {literal(line)}")
     if e.tuning:
         console.print(f"  tuned:      {literal(_tuning_text(e.tuning))}")
 
@@ -208,6 +236,11 @@ def print_verify_report(report: VerifyReport) -> None:
                   f"{report.formula_max_abs_error:.2e}")
     if not report.provenance_recorded:
         console.print("          (the file records no provenance)")
+    for seg in report.shared:
+        members = ", ".join(str(i) for i in seg["members"])
+        console.print(f"          members {members} run through the shared segment "
+                      f"{literal(seg['name'])}, as the provenance records; each is checked "
+                      "as that segment followed by its own part")
     for m in report.members:
         if m.given is None:
             continue

@@ -44,6 +44,8 @@ class MergeReport:
     warnings: list[str] = field(default_factory=list)
     # `--export`: one `fuse_cli.export.ExportReport` per artifact written beside OUT.
     exports: list[Any] = field(default_factory=list)
+    # What members share and compute once (`fuse_cli.sharing.sharing_record`).
+    sharing: dict[str, Any] | None = None
 
     @property
     def weights(self) -> list[float]:

@@ -99,6 +99,7 @@ class TuneOptions:
     verify: bool = True
     unsafe: bool = False
     plot: Path | None = None
+    share: bool = True
 
 
 @dataclass
@@ -212,6 +213,7 @@ def tune_files(
         force=options.force,
         verify=options.verify,
         unsafe=options.unsafe,
+        share=options.share,
     )
     check_options(len(files), merge_options)
     if (data_path is None) == (options.predictions is None):

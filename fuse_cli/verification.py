@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from fuse_cli.inspection import (
     read_ensemble,
     recorded_provenance,
 )
+from fuse_cli.sharing import check_record, member_functions
 
 if TYPE_CHECKING:
     import keras
@@ -326,6 +327,9 @@ class VerifyReport:
     provenance_recorded: bool
     members: list[MemberCheck]
     elapsed_seconds: float
+    # Shared segments found in the graph (and matching the provenance): each one's
+    # name and the members it feeds. Those members are checked through them.
+    shared: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of every field."""
@@ -373,8 +377,12 @@ def verify_file(
             f"{merged}: not a merged model (no fuse combining layer); "
             "`fuse verify` checks files written by `fuse merge`"
         )
-    members = embedded_members(model)
-    info = _check_structure(merged, model, layers, members)
+    embedded = embedded_members(model)
+    info = _check_structure(merged, model, layers, embedded)
+    provenance = layers[0].provenance if isinstance(layers[0].provenance, dict) else {}
+    shared = check_record(str(merged), model, embedded, provenance.get("sharing"))
+    # A shared member is its shared segments followed by its own part.
+    members = member_functions(model, embedded, str(merged))
     if files and len(files) != len(members):
         raise UsageError(
             f"{merged} has {len(members)} members; got {len(files)} member "
@@ -403,6 +411,7 @@ def verify_file(
         provenance_recorded=bool(recorded_provenance(layers[0])),
         members=checks,
         elapsed_seconds=time.perf_counter() - start,
+        shared=shared,
     )
 
 

@@ -65,3 +65,59 @@ def predict(model: keras.Model, x: np.ndarray | list[np.ndarray]) -> list[np.nda
 def load(path: Path) -> keras.Model:
     """Load a model file as a user would, in safe mode."""
     return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
+def mobilenet_like(
+    seed: int = 0, shape: tuple[int, int, int] = (16, 16, 3), *, trainable: bool = False
+) -> keras.Model:
+    """A small MobileNet-like backbone as a nested functional model (frozen by default).
+
+    Conv, batch norm, depthwise conv and a residual add, like MobileNetV2's blocks;
+    the same seed gives bit-identical weights (and other layer names) every call.
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0)(x)
+    y = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    y = keras.layers.BatchNormalization()(y)
+    x = keras.layers.Add()([x, y])
+    model = keras.Model(inputs, x, name="mobilenet_like")
+    model.trainable = trainable
+    return model
+
+
+def set_head_weights(layers: list[keras.layers.Layer], seed: int) -> None:
+    """Give Dense head layers weights of their own, drawn from `seed`."""
+    rng = np.random.default_rng(seed)
+    for layer in layers:
+        weights = layer.get_weights()
+        layer.set_weights([rng.normal(0, 0.5, w.shape).astype(w.dtype) for w in weights])
+
+
+def tm_member(
+    head_seed: int,
+    *,
+    backbone: keras.Model | None = None,
+    classes: int = 3,
+    name: str = "sequential",
+) -> keras.Model:
+    """A member shaped like a Teachable Machine export: a frozen nested backbone with
+    pooling, then a Dense head of its own (Sequential of two nested Sequentials)."""
+    backbone = backbone if backbone is not None else mobilenet_like(0)
+    shape = tuple(backbone.inputs[0].shape[1:])
+    features = keras.Sequential(
+        [keras.Input(shape), backbone, keras.layers.GlobalAveragePooling2D()], name="features"
+    )
+    width = int(features.outputs[0].shape[-1])
+    head = keras.Sequential(
+        [
+            keras.Input((width,)),
+            keras.layers.Dense(6, activation="relu"),
+            keras.layers.Dense(classes, activation="softmax", use_bias=False),
+        ],
+        name="head",
+    )
+    set_head_weights(head.layers, head_seed)
+    return keras.Sequential([keras.Input(shape), features, head], name=name)
