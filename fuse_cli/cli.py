@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.core import TyperCommand
@@ -25,6 +25,9 @@ from fuse_cli.choices import ExportFormat, InputsMode, Metric, Mode
 from fuse_cli.errors import FuseError, UsageError
 from fuse_cli.render import console
 from fuse_cli.schemas import JSON_SCHEMA
+
+if TYPE_CHECKING:
+    from fuse_cli.images import ImageOptions
 
 app = typer.Typer(
     name="fuse",
@@ -447,9 +450,57 @@ DataOption = Annotated[
     Path,
     typer.Option("--data", "-d", show_default=False,
                  help="An .npz file: 'x' (or 'x0', 'x1', ... for several inputs) and 'y' "
-                 "(class indices or one-hot), one row per example."),
+                 "(class indices or one-hot), one row per example; or a folder of images "
+                 "with one subfolder per class (keras.utils.image_dataset_from_directory), "
+                 "streamed and resized to each model's input size."),
 ]
-BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Rows per predict batch.")]
+BatchSizeOption = Annotated[
+    int | None,
+    typer.Option("--batch-size", show_default=False,
+                 help="Rows per predict batch. Default: 256 rows of an .npz file, 32 images."),
+]
+RescaleOption = Annotated[
+    str | None,
+    typer.Option("--rescale", metavar="SCALE", show_default=False,
+                 help="Images: multiply pixel values (0-255) by SCALE, as "
+                 "keras.layers.Rescaling; a number or a fraction such as 1/255 or 1/127.5."),
+]
+OffsetOption = Annotated[
+    float | None,
+    typer.Option("--offset", metavar="OFFSET", show_default=False,
+                 help="Images: add OFFSET after --rescale (Teachable Machine models: "
+                 "--rescale 1/127.5 --offset -1)."),
+]
+SkipBadOption = Annotated[
+    bool, typer.Option("--skip-bad-images",
+                       help="Images: leave out files that cannot be decoded, counted in a "
+                       "warning, instead of stopping (exit 3).")
+]
+
+
+def parse_scale(text: str | None) -> float | None:
+    """Parse `--rescale 0.5`, `1/255` or `1/127.5`.
+
+    Raises:
+        UsageError: Not a finite number or fraction.
+    """
+    if text is None:
+        return None
+    try:
+        top, _, bottom = text.partition("/")
+        value = float(top) / float(bottom) if bottom else float(top)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"--rescale: {text!r} is not a number or a fraction such as 1/255"
+                         ) from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise UsageError(f"--rescale: {text!r} is not finite")
+    return value
+
+
+def _image_options(scale: float | None, offset: float | None, skip_bad: bool) -> ImageOptions:
+    from fuse_cli.images import ImageOptions  # imports Keras: after _import_keras_quietly
+
+    return ImageOptions(rescale=scale, offset=offset, skip_bad=skip_bad)
 
 
 def _quiet_retracing(debug: bool) -> None:
@@ -469,7 +520,19 @@ def evaluate_command(
                                    show_default=False)
     ],
     data: DataOption,
-    batch_size: BatchSizeOption = 256,
+    save_predictions: Annotated[
+        Path | None,
+        typer.Option("--save-predictions", metavar="P.npz", show_default=False,
+                     help="Also write every model's predictions, the labels and each "
+                     "model's SHA-256 to P.npz, for fuse tune --predictions."),
+    ] = None,
+    rescale: RescaleOption = None,
+    offset: OffsetOption = None,
+    skip_bad_images: SkipBadOption = False,
+    batch_size: BatchSizeOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the --save-predictions file if it exists.")
+    ] = False,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -480,18 +543,25 @@ def evaluate_command(
     [1e-7, 1 - 1e-7], as Keras's cross-entropy does; it is n/a for outputs that are not
     probabilities.
 
-    Example:
+    Examples:
 
       fuse evaluate a.keras b.h5 ensemble.keras --data heldout.npz
+
+      fuse evaluate a.keras b.keras --data photos/ --rescale 1/127.5 --offset -1
+
+      fuse evaluate a.keras b.keras --data photos/ --save-predictions p.npz
     """
     with _exit_on_error("evaluate", debug=debug, json_output=json_output):
+        scale = parse_scale(rescale)
         _import_keras_quietly(debug)
         _quiet_retracing(debug)
+        images = _image_options(scale, offset, skip_bad_images)
         from fuse_cli.evaluation import evaluate_files
 
         with render.progress_bars(not json_output) as (say, advance):
             report = evaluate_files(models, data, batch_size=batch_size, unsafe=unsafe,
-                                    progress=say, advance=advance)
+                                    images=images, save=save_predictions,
+                                    force=force, progress=say, advance=advance)
         render.print_warnings(report.warnings)
         if json_output:
             _print_json("evaluate", {"ok": True, **report.to_dict()})
@@ -502,18 +572,39 @@ def evaluate_command(
 @app.command("tune", cls=FileNamesAreNotOptions)
 def tune_command(
     models: MembersArgument,
-    data: DataOption,
     output: OutputOption,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", show_default=False,
+                     help="An .npz file ('x' and 'y') or a folder of images with one "
+                     "subfolder per class; see fuse evaluate --help."),
+    ] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option("--predictions", metavar="P.npz", show_default=False,
+                     help="Search on predictions saved by fuse evaluate --save-predictions "
+                     "(or written elsewhere in its format) instead of running the members; "
+                     "refused if their SHA-256s are not the MODELS'."),
+    ] = None,
     mode: ModeOption = Mode.SUM,
     metric: Annotated[
         Metric, typer.Option("--metric", case_sensitive=False,
                              help="What the weights optimize on the fit part.")
     ] = Metric.LOG_LOSS,
+    cv: Annotated[
+        int, typer.Option("--cv", metavar="K",
+                          help="Choose the weights by K-fold cross-validation (stratified, "
+                          "fixed seed): search on K-1 folds, score on the one left out, "
+                          "average the K weights; 0: one search on every row to fit.")
+    ] = 5,
     holdout: Annotated[
         float, typer.Option("--holdout", metavar="FRACTION",
-                            help="Share of the rows held out of the search and scored after "
-                            "it (fixed seed, stratified); 0 fits on every row.")
-    ] = 0.3,
+                            help="Share of the rows held out of everything (the search and "
+                            "the folds) and scored after it (fixed seed, stratified).")
+    ] = 0.0,
+    rescale: RescaleOption = None,
+    offset: OffsetOption = None,
+    skip_bad_images: SkipBadOption = False,
     plot: Annotated[
         Path | None,
         typer.Option("--plot", metavar="FILE.png", show_default=False,
@@ -531,7 +622,7 @@ def tune_command(
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip reloading OUTPUT and checking the formula.")
     ] = False,
-    batch_size: BatchSizeOption = 256,
+    batch_size: BatchSizeOption = None,
     no_share: NoShareOption = False,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
@@ -539,21 +630,29 @@ def tune_command(
 ) -> None:
     """Find the weights from labelled data, then merge MODELS with them and verify.
 
-    Each model runs once over the data; the weights are searched on part of the rows
-    (an exact grid for two models, Caruana's greedy selection for more) and scored on
-    the rest, which the search never saw.
+    Each model runs once over the data (or not at all, with --predictions); the weights
+    are searched (an exact grid for two models, Caruana's greedy selection for more) by
+    K-fold cross-validation, each fold scored by weights that never saw it.
 
-    Example:
+    Examples:
 
       fuse tune a.keras b.h5 --data val.npz -o ensemble.keras --plot search.png
+
+      fuse tune a.keras b.keras --data photos/ --rescale 1/127.5 --offset -1 -o ens.keras
+
+      fuse tune a.keras b.keras --predictions p.npz -o ensemble.keras
     """
     with _exit_on_error("tune", debug=debug, json_output=json_output):
+        scale = parse_scale(rescale)
         _import_keras_quietly(debug)
         _quiet_retracing(debug)
+        images = _image_options(scale, offset, skip_bad_images)
         from fuse_cli.tuning import TuneOptions, tune_files
 
         options = TuneOptions(
-            mode=mode, metric=metric, holdout=holdout, batch_size=batch_size,
+            mode=mode, metric=metric, holdout=holdout, cv=cv, batch_size=batch_size,
+            images=images,
+            predictions=predictions,
             renormalize=renormalize, assume_nonnegative=assume_nonnegative,
             allow_mixed_outputs=allow_mixed_outputs, to_probabilities=to_probabilities,
             name=name, force=force, verify=not no_verify, unsafe=unsafe, plot=plot,

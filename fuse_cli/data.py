@@ -364,3 +364,32 @@ def split_rows(
     picked = np.zeros(rows, dtype=bool)
     picked[order[(np.arange(held) * rows) // held]] = True
     return np.flatnonzero(~picked), np.flatnonzero(picked)
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int = SPLIT_SEED) -> list[np.ndarray]:
+    """Split row numbers into `k` folds for cross-validation.
+
+    Rows are shuffled with a fixed seed, then (with one label per row) grouped by
+    class, and dealt to the folds in turn: every fold gets each class's share to within
+    one row, and the folds' sizes differ by at most one.
+
+    Args:
+        labels: Class indices, one row per example (`(N,)` or `(N, ...)`).
+        k: The number of folds, `2 <= k <= N`.
+        seed: The shuffling seed.
+
+    Returns:
+        `k` sorted arrays of row numbers, disjoint, covering every row.
+
+    Raises:
+        DataError: Fewer rows than folds.
+    """
+    rows = labels.shape[0]
+    if rows < k:
+        raise DataError(f"--cv {k} needs at least {k} rows to fit on; got {rows}")
+    order = np.random.default_rng(seed).permutation(rows)
+    if labels.ndim == 1:
+        order = order[np.argsort(labels[order], kind="stable")]
+    fold_of = np.empty(rows, dtype=np.int64)
+    fold_of[order] = np.arange(rows) % k
+    return [np.flatnonzero(fold_of == f) for f in range(k)]

@@ -1,6 +1,7 @@
 """`fuse evaluate` as a library call: each model's accuracy and log-loss on labelled data.
 
-Also the batched prediction pass that `fuse tune` shares.
+Also the prediction pass that `fuse tune` shares: over an .npz file (`fuse_cli.data`)
+or, streamed, over a folder of images (`fuse_cli.images`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,27 @@ import fuse_cli.layers  # noqa: F401  (merged models refer to its layers)
 from fuse_cli.data import Dataset, check_inputs, class_labels, read_data
 from fuse_cli.ensemble import input_specs, output_specs
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError, first_line
+from fuse_cli.files import check_destination, check_writes
 from fuse_cli.formats import check_keras, check_model_path, load_model
+from fuse_cli.images import (
+    ImageFolder,
+    ImageOptions,
+    folder_labels,
+    image_input,
+    predict_folder,
+    read_image_folder,
+)
+from fuse_cli.predictions import Predictions, save_predictions
 from fuse_cli.report import file_labels
 from fuse_cli.search import are_probabilities, score
 
 Say = Callable[[str], None]
 Advance = Callable[[str, int, int], None]  # (model label, rows done, rows in all)
 
-BATCH_SIZE = 256
+BATCH_SIZE = 256  # rows of an .npz file per predict batch
+IMAGE_BATCH_SIZE = 32  # images per batch, as keras.utils.image_dataset_from_directory
+
+Data = Dataset | ImageFolder
 
 
 @dataclass
@@ -49,6 +63,8 @@ class EvaluationReport:
     models: list[ModelEvaluation]
     elapsed_seconds: float
     warnings: list[str] = field(default_factory=list)
+    skipped: int = 0
+    predictions: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of every field."""
@@ -89,11 +105,7 @@ def predict(
     except (ValueError, TypeError) as exc:
         raise DataError(f"{label}: cannot run on {data.name}: {first_line(exc)}") from None
     output = np.asarray(keras.tree.flatten(result)[0])
-    bad = int(output.size - np.count_nonzero(np.isfinite(output)))
-    if bad:
-        raise IncompatibleModelsError(
-            f"{label}: yields NaN or inf in {bad} values on {data.name}; it cannot be scored"
-        )
+    check_finite(output, label, data.name)
     return output
 
 
@@ -125,24 +137,142 @@ def checked_labels(
     return labels
 
 
+def read_any(path: str | Path, images: ImageOptions | None = None) -> Data:
+    """Read `--data`: a folder of images (names and labels only), or an .npz file.
+
+    Raises:
+        UsageError: Image options given with an .npz file.
+        DataError, DataLoadError: See `read_data` and `read_image_folder`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return read_image_folder(path)
+    if images is not None and (images.rescale is not None or images.offset is not None
+                               or images.skip_bad):
+        raise UsageError(f"--rescale, --offset and --skip-bad-images apply to a folder of "
+                         f"images; {path} is a file")
+    return read_data(path)
+
+
+def check_data(data: Data, model: keras.Model, shape: tuple[int | None, ...], label: str) -> None:
+    """Check, before predicting, that the data fits the model's inputs and classes.
+
+    Raises:
+        DataError: Inputs that do not fit (exit 2).
+        IncompatibleModelsError: Class folders that do not match the outputs (exit 4).
+    """
+    if isinstance(data, ImageFolder):
+        image_input(input_specs(model), label)
+        folder_labels(data, shape, label)
+    else:
+        check_inputs(data, input_specs(model), label)
+
+
+def model_outputs(
+    model: keras.Model,
+    data: Data,
+    *,
+    label: str,
+    batch_size: int | None = None,
+    images: ImageOptions | None = None,
+    advance: Advance | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run one model once over the data: its output, the labels, and the rows they cover.
+
+    Every row of an .npz file; a folder's images less those that cannot be decoded
+    (with `skip_bad`).
+
+    Raises:
+        DataError, DataLoadError, IncompatibleModelsError: See `check_data` and `predict`.
+    """
+    shape = output_shape(model, label)
+    check_data(data, model, shape, label)
+    if isinstance(data, ImageFolder):
+        size = image_input(input_specs(model), label)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            output, rows = predict_folder(model, data, label=label, size=size,
+                                          options=images or ImageOptions(),
+                                          batch_size=batch_size or IMAGE_BATCH_SIZE,
+                                          advance=advance)
+        check_finite(output, label, data.name)
+        return output, data.labels[rows], rows
+    found = labels_for(data, shape, label)
+    output = predict(model, data, label=label, batch_size=batch_size or BATCH_SIZE,
+                     advance=advance)
+    return output, checked_labels(data, output, found, label), np.arange(data.rows)
+
+
+def check_finite(output: np.ndarray, label: str, name: str) -> None:
+    """Raises IncompatibleModelsError: the model yields NaN or inf."""
+    bad = int(output.size - np.count_nonzero(np.isfinite(output)))
+    if bad:
+        raise IncompatibleModelsError(
+            f"{label}: yields NaN or inf in {bad} values on {name}; it cannot be scored"
+        )
+
+
+def common_rows(runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The rows every model's run covers (they differ only if a folder changed mid-run)."""
+    rows = runs[0][2]
+    for _, _, more in runs[1:]:
+        rows = np.intersect1d(rows, more)
+    return rows
+
+
+def restrict(
+    run: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One run's output and labels on `rows` (a subset of the rows it covers)."""
+    output, labels, covered = run
+    if len(covered) == len(rows):
+        return output, labels
+    where = np.searchsorted(covered, rows)
+    return output[where], labels[where]
+
+
+def data_notes(data: Data) -> list[str]:
+    """Warnings about files a folder left out: not images, or (skipped) undecodable."""
+    if not isinstance(data, ImageFolder):
+        return []
+    notes = []
+    if data.ignored:
+        notes.append(f"{data.name}: ignored {len(data.ignored)} file"
+                     f"{'s' if len(data.ignored) != 1 else ''} without an image extension "
+                     f"(.bmp .gif .jpeg .jpg .png), e.g. {data.ignored[0]}")
+    if data.bad:
+        row = min(data.bad)
+        notes.append(f"{data.name}: skipped {len(data.bad)} image"
+                     f"{'s' if len(data.bad) != 1 else ''} that cannot be decoded "
+                     f"(--skip-bad-images), e.g. {data.files[row]}: {data.bad[row]}")
+    return notes
+
+
 def evaluate_files(
     paths: Sequence[str | Path],
     data_path: str | Path,
     *,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
     unsafe: bool = False,
+    images: ImageOptions | None = None,
+    save: Path | None = None,
+    force: bool = False,
     progress: Say | None = None,
     advance: Advance | None = None,
 ) -> EvaluationReport:
-    """Score each model (members or merged models alike) on a data file.
+    """Score each model (members or merged models alike) on labelled data.
 
     Models are loaded one at a time, run once over the data, and scored.
 
     Args:
         paths: One or more model files.
-        data_path: The .npz data file (see `fuse_cli.data`).
-        batch_size: Rows per predict batch.
+        data_path: The .npz data file (see `fuse_cli.data`) or a folder of images
+            (see `fuse_cli.images`).
+        batch_size: Rows per predict batch (default 256 for .npz rows, 32 for images).
         unsafe: Allow code-carrying layers, as `fuse merge --unsafe`.
+        images: Preprocessing and bad-file handling for a folder of images.
+        save: Also write every model's predictions there (see `fuse_cli.predictions`).
+        force: Replace `save` if it exists.
         progress: Called with a short description before each slow step.
         advance: Called with (model, rows done, rows in all) while predicting.
 
@@ -158,34 +288,51 @@ def evaluate_files(
     if not files:
         raise UsageError("give at least one model to evaluate")
     check_batch_size(batch_size)
-    data = read_data(data_path)
+    if save is not None:
+        check_writes([("--save-predictions", save)], [*files, Path(data_path)])
+        check_destination(save, [], force=force)
+    data = read_any(data_path, images)
     for path in files:
         check_model_path(path)
     check_keras()
 
-    models, notes = [], []
+    runs, digests = [], []
     for path, label in zip(files, file_labels(files), strict=True):
         say(f"loading {path}")
-        model = load_model(path, unsafe=unsafe).model
-        shape = output_shape(model, label)
-        check_inputs(data, input_specs(model), label)
-        found = labels_for(data, shape, label)
+        loaded = load_model(path, unsafe=unsafe)
+        model = loaded.model
+        digests.append(loaded.sha256)
         say(f"predicting with {label}")
-        output = predict(model, data, label=label, batch_size=batch_size, advance=advance)
-        labels = checked_labels(data, output, found, label)
+        runs.append((model_outputs(model, data, label=label, batch_size=batch_size,
+                                   images=images, advance=advance), model.name))
+        del model, loaded
+    rows = common_rows([r for r, _ in runs])
+    models, notes = [], data_notes(data)
+    outputs, labels = [], np.zeros(0)
+    for (run, name), label in zip(runs, file_labels(files), strict=True):
+        output, labels = restrict(run, rows)
+        outputs.append(output)
         scores = score(output, labels)
         if not are_probabilities(output):
             notes.append(f"{label}: outputs are not probabilities (values below 0 or above "
                          "1 for one column): no log-loss")
-        models.append(ModelEvaluation(label, model.name, shape_text(output.shape[1:]),
+        models.append(ModelEvaluation(label, name, shape_text(output.shape[1:]),
                                       scores.accuracy, scores.log_loss))
-        del model
+    if save is not None:
+        say(f"writing {save}")
+        save_predictions(Predictions(
+            path=save, y=labels, outputs=outputs, files=[p.name for p in files],
+            sha256=digests,
+            classes=data.classes if isinstance(data, ImageFolder) else None,
+            data=Path(data_path).name), save)
     return EvaluationReport(
         data=str(data.path),
-        rows=data.rows,
+        rows=len(rows),
         models=models,
         elapsed_seconds=time.perf_counter() - start,
         warnings=notes,
+        skipped=len(data.bad) if isinstance(data, ImageFolder) else 0,
+        predictions=str(save) if save is not None else None,
     )
 
 
@@ -193,6 +340,6 @@ def shape_text(shape: Sequence[int]) -> str:
     return "(" + ", ".join(["None", *(str(d) for d in shape)]) + ")"
 
 
-def check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
+def check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1; got {batch_size}")

@@ -255,6 +255,13 @@ def _tuning_text(tuning: dict[str, Any]) -> str:
     data: dict[str, Any] = tuning["data"] if isinstance(tuning.get("data"), dict) else {}
     text = (f"{tuning.get('method')} on {tuning.get('metric')}, data {data.get('file')} "
             f"({data.get('rows')} rows, holdout {tuning.get('holdout')})")
+    cv = tuning.get("cv") or {}
+    folds = cv.get("folds") if isinstance(cv, dict) else None
+    if isinstance(folds, list) and folds:
+        losses = [v for f in folds if isinstance(f, dict)
+                  and isinstance(v := f.get("log_loss"), float)]
+        if len(losses) == len(folds):
+            text += f"; {len(folds)}-fold cv log-loss {sum(losses) / len(losses):.4f}"
     held: dict[str, Any] = tuning["heldout"] if isinstance(tuning.get("heldout"), dict) else {}
     scores = ", ".join(f"{str(k).replace('_', '-')} {v:.4f}" for k, v in held.items()
                        if k in ("accuracy", "log_loss") and isinstance(v, float))
@@ -284,7 +291,10 @@ def print_verify_report(report: VerifyReport) -> None:
 
 @contextmanager
 def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
-    """A status line and one bar per model while predicting, on stderr, only on a terminal."""
+    """A status line and one bar per pass over the data, on stderr, only on a terminal.
+
+    Each bar shows the rows done, the rate (rows per second) and the time left.
+    """
     if not (enabled and sys.stderr.isatty()):
         yield None, None
         return
@@ -292,15 +302,15 @@ def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
         BarColumn,
         Progress,
         SpinnerColumn,
-        TaskProgressColumn,
         TextColumn,
         TimeRemainingColumn,
     )
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               TaskProgressColumn(), TimeRemainingColumn())
+               TextColumn("{task.fields[count]}"), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bars:
-        status = bars.add_task("starting", total=None)
+        status = bars.add_task("starting", total=None, count="", rate="")
         tasks: dict[str, Any] = {}
 
         def say(message: str) -> None:
@@ -308,8 +318,13 @@ def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
 
         def advance(label: str, done: int, total: int) -> None:
             if label not in tasks:
-                tasks[label] = bars.add_task(f"predicting with {literal(label)}", total=total)
-            bars.update(tasks[label], completed=done)
+                tasks[label] = bars.add_task(f"predicting with {literal(label)}", total=total,
+                                             count="", rate="")
+            task = tasks[label]
+            bars.update(task, completed=done, total=total, count=f"{done:,}/{total:,} rows")
+            speed = next((t.speed for t in bars.tasks if t.id == task), None)
+            if speed:
+                bars.update(task, rate=f"{speed:,.0f} rows/s")
 
         yield say, advance
 
@@ -324,6 +339,10 @@ def print_evaluation(report: EvaluationReport) -> None:
         table.add_row(literal(m.file), m.output_shape, f"{m.accuracy:.4f}",
                       "n/a" if m.log_loss is None else f"{m.log_loss:.4f}")
     console.print(table)
+    if report.skipped:
+        console.print(f"skipped:  {report.skipped} images that cannot be decoded")
+    if report.predictions:
+        console.print(f"saved:    {literal(report.predictions)} (predictions, labels, SHA-256s)")
 
 
 _SEARCHES = {
@@ -337,10 +356,12 @@ def print_tune_report(report: TuneReport) -> None:
     fit, held = report.fit, report.heldout
     split = (f"{fit.rows} to fit the weights, {held.rows} held out (--holdout "
              f"{report.holdout:g}, seed {report.seed})" if held else
-             f"all {fit.rows} to fit the weights (--holdout 0)")
+             f"all {fit.rows} to fit the weights")
     console.print(f"data:     {literal(report.data)}, {report.rows} rows: {split}")
     console.print(f"search:   {_SEARCHES.get(report.method, report.method)}; "
                   f"metric {report.metric}")
+    if report.cv is not None:
+        _print_folds(report)
     table = Table(title_justify="left")
     table.add_column("model", overflow="fold")
     table.add_column("weight", justify="right")
@@ -359,6 +380,31 @@ def print_tune_report(report: TuneReport) -> None:
     if report.plot:
         console.print(f"plot:     {literal(report.plot)}")
     console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
+
+
+def _print_folds(report: TuneReport) -> None:
+    """Each fold's weights (searched without it) and scores (on it), then mean and spread."""
+    cv = report.cv
+    assert cv is not None
+    console.print(f"cv:       {len(cv.folds)} folds (stratified, seed {report.seed}): each "
+                  "fold scored with the weights searched on the others; the weights are "
+                  "their mean")
+    table = Table(title_justify="left")
+    for column in ("fold", "rows", f"weight of {literal(report.files[0])}", "accuracy",
+                   "log-loss"):
+        table.add_column(column, justify="left" if column == "fold" else "right")
+    for i, fold in enumerate(cv.folds, start=1):
+        table.add_row(str(i), str(fold.rows), f"{fold.weights[0]:.4g}",
+                      *_score_cells([fold.scores]))
+    cells = []
+    for metric in ("accuracy", "log_loss"):
+        found = cv.summary(metric)
+        cells.append("n/a" if found is None else f"{found[0]:.4f} ± {found[1]:.4f}")
+    first = [f.weights[0] for f in cv.folds]
+    mean = sum(first) / len(first)
+    spread = (sum((w - mean) ** 2 for w in first) / len(first)) ** 0.5
+    table.add_row("mean ± sd", "", f"{mean:.4g} ± {spread:.2g}", *cells, style="bold")
+    console.print(table)
 
 
 def _score_cells(scores: list[Scores]) -> list[str]:

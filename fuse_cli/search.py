@@ -304,3 +304,86 @@ def search_weights(ensembler: Ensembler, metric: MetricName) -> SearchResult:
     if ensembler.members == 2:
         return grid_search(ensembler, metric)
     return greedy_search(ensembler, metric)
+
+
+@dataclass
+class Fold:
+    """One fold of a cross-validated search.
+
+    Attributes:
+        rows: The fold's rows, held out of its search.
+        weights: The weights searched on the other folds.
+        scores: Those weights' scores on this fold.
+    """
+
+    rows: int
+    weights: list[float]
+    scores: Scores
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return {"rows": self.rows, "weights": self.weights, **self.scores.to_dict()}
+
+
+@dataclass
+class CrossValidation:
+    """A K-fold cross-validated search: each fold's result and the weights chosen.
+
+    Attributes:
+        folds: Per fold: the weights found without it, and their scores on it.
+        weights: The mean of the folds' weights (the chosen weights).
+    """
+
+    folds: list[Fold]
+    weights: list[float]
+
+    def summary(self, metric: str) -> tuple[float, float] | None:
+        """The mean and the standard deviation of `metric` over the folds, if defined."""
+        values = [f.scores.get(metric) for f in self.folds]
+        if any(v is None for v in values):
+            return None
+        array = np.array(values, dtype=np.float64)
+        return float(array.mean()), float(array.std())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary: folds, weights, and each metric's mean and spread."""
+        spread = {}
+        for metric in ("accuracy", "log_loss"):
+            found = self.summary(metric)
+            spread[metric] = None if found is None else {"mean": found[0], "std": found[1]}
+        return {"k": len(self.folds), "folds": [f.to_dict() for f in self.folds],
+                "weights": self.weights, **spread}
+
+
+def cross_validate(
+    outputs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    folds: Sequence[np.ndarray],
+    mode: Mode,
+    metric: MetricName,
+) -> CrossValidation:
+    """Search the weights K times, each time without one fold, and score them on it.
+
+    The chosen weights are the mean of the K weight vectors. Measured on the sample
+    digits (benchmarks/cv_default.py), this generalizes as well as or slightly better
+    than one search on every row, and better than a search on a single split.
+
+    Args:
+        outputs: Each member's outputs `(N, ..., C)`.
+        labels: Class indices `(N, ...)`.
+        folds: Row numbers of each fold (`fuse_cli.data.stratified_folds`).
+        mode: Weighted sum or product.
+        metric: What the search optimizes.
+    """
+    everything = np.arange(labels.shape[0])
+    results = []
+    for fold in folds:
+        train = np.setdiff1d(everything, fold, assume_unique=True)
+        fit = Ensembler([as_rows(o[train]) for o in outputs], labels[train], mode)
+        weights = search_weights(fit, metric).weights
+        held = Ensembler([as_rows(o[fold]) for o in outputs], labels[fold], mode,
+                         dtype=np.float64)
+        accuracy, log_loss = held.scores([weights])
+        results.append(Fold(len(fold), weights, _scores(accuracy[0], log_loss[0])))
+    mean = np.mean([f.weights for f in results], axis=0)
+    return CrossValidation(results, [float(w) for w in mean / mean.sum()])

@@ -1,10 +1,12 @@
 """`fuse tune` as a library call: weights from data, then one verified merged file.
 
-`tune_files` loads each member once, runs it once over the data (batched), keeps
-the predictions, splits the rows into a part to fit on and a held-out part, searches
-the weights on the fit part only (`fuse_cli.search`), scores members and ensemble on
-both parts, and writes the ensemble through `merge.merge_loaded`, verification
-included, with the tuning recorded in the file's provenance.
+`tune_files` loads each member once, runs it once over the data (batched; a folder of
+images is streamed), or takes the predictions saved by `fuse evaluate
+--save-predictions` instead, keeps the predictions, optionally holds a share of the
+rows out, searches the weights on the rest by K-fold cross-validation
+(`fuse_cli.search.cross_validate`; or one search, with `cv=0`), scores members and
+ensemble, and writes the ensemble through `merge.merge_loaded`, verification included,
+with the tuning recorded in the file's provenance.
 """
 
 from __future__ import annotations
@@ -20,35 +22,43 @@ from typing import Any
 import numpy as np
 
 from fuse_cli.choices import Metric, Mode
-from fuse_cli.data import SPLIT_SEED, Dataset, check_inputs, read_data, split_rows
-from fuse_cli.ensemble import check_combination, input_specs
+from fuse_cli.data import SPLIT_SEED, Dataset, split_rows, stratified_folds
+from fuse_cli.ensemble import check_combination
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
-    BATCH_SIZE,
     Advance,
+    Data,
     Say,
     check_batch_size,
-    checked_labels,
-    labels_for,
+    check_data,
+    common_rows,
+    data_notes,
+    model_outputs,
     output_shape,
-    predict,
+    read_any,
+    restrict,
 )
 from fuse_cli.files import check_destination, check_output, check_writes, publish
-from fuse_cli.formats import load_models, sha256_of
+from fuse_cli.formats import LoadedModel, load_models, sha256_of
+from fuse_cli.images import ImageFolder, ImageOptions
 from fuse_cli.merge import MergeOptions, check_options, merge_loaded
+from fuse_cli.predictions import Predictions, check_provenance, read_predictions
 from fuse_cli.report import MergeReport, file_labels
 from fuse_cli.search import (
+    CrossValidation,
     Ensembler,
     Scores,
     SearchResult,
     are_probabilities,
     as_rows,
+    cross_validate,
     score,
     search_weights,
 )
 from fuse_cli.verification import apply_activation, reference
 
-HOLDOUT = 0.3
+HOLDOUT = 0.0
+CV_FOLDS = 5  # chosen by measurement: benchmarks/cv_default.py, README "Cross-validation"
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
@@ -78,7 +88,10 @@ class TuneOptions:
     mode: Mode = Mode.SUM
     metric: Metric = Metric.LOG_LOSS
     holdout: float = HOLDOUT
-    batch_size: int = BATCH_SIZE
+    cv: int = CV_FOLDS
+    batch_size: int | None = None  # 256 rows of an .npz file, 32 images
+    images: ImageOptions | None = None
+    predictions: Path | None = None
     renormalize: bool = False
     assume_nonnegative: bool = False
     allow_mixed_outputs: bool = False
@@ -110,6 +123,8 @@ class TuneReport:
     plot: str | None
     elapsed_seconds: float
     warnings: list[str] = field(default_factory=list)
+    cv: CrossValidation | None = None
+    source: str = "data"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of every field."""
@@ -120,6 +135,8 @@ class TuneReport:
             "method": self.method,
             "holdout": self.holdout,
             "seed": self.seed,
+            "source": self.source,
+            "cv": self.cv.to_dict() if self.cv else None,
             "files": self.files,
             "weights": self.weights,
             "fit": self.fit.to_dict(),
@@ -136,11 +153,15 @@ def check_tune_options(out: Path, options: TuneOptions) -> None:
     """Check what can be checked before reading data or loading models.
 
     Raises:
-        UsageError: A bad holdout, batch size, plot file type, or a missing matplotlib.
-        OutputError: The plot file exists without `force`, or its folder is missing.
+        UsageError: A bad holdout, fold count, batch size, plot file type, or a missing
+            matplotlib.
+        OutputError: The plot file exists without `force`, or its folder is missing
+            (`check_writes` then checks it against the inputs).
     """
     if not 0 <= options.holdout < 1:
         raise UsageError(f"--holdout must be at least 0 and below 1; got {options.holdout}")
+    if options.cv == 1 or options.cv < 0:
+        raise UsageError(f"--cv must be 0 (one search) or at least 2 folds; got {options.cv}")
     check_batch_size(options.batch_size)
     plot = options.plot
     if plot is None:
@@ -159,7 +180,7 @@ def check_tune_options(out: Path, options: TuneOptions) -> None:
 
 def tune_files(
     paths: Sequence[str | Path],
-    data_path: str | Path,
+    data_path: str | Path | None,
     out: str | Path,
     options: TuneOptions | None = None,
     progress: Say | None = None,
@@ -169,14 +190,15 @@ def tune_files(
 
     Args:
         paths: Two or more member files.
-        data_path: The .npz data file (see `fuse_cli.data`).
+        data_path: The .npz data file (see `fuse_cli.data`) or a folder of images (see
+            `fuse_cli.images`); None with `options.predictions`.
         out: The merged model file (`.keras`, `.h5` or `.hdf5`).
-        options: Mode, metric, holdout and the merge options.
+        options: Mode, metric, holdout, folds, the data source and the merge options.
         progress: Called with a short description before each slow step.
         advance: Called with (member, rows done, rows in all) while predicting.
 
     Returns:
-        The scores on both parts, the chosen weights, the search path and the merge.
+        The scores, the chosen weights, the folds, the search path and the merge.
 
     Raises:
         FuseError: A subclass carrying the exit code (DESIGN §5).
@@ -198,36 +220,62 @@ def tune_files(
         share=options.share,
     )
     check_options(len(files), merge_options)
+    if (data_path is None) == (options.predictions is None):
+        raise UsageError("give either --data (a .npz file or a folder of images) or "
+                         "--predictions (saved by fuse evaluate --save-predictions)")
+    source = Path(data_path) if data_path is not None else options.predictions
+    assert source is not None
+    images = options.images
+    if options.predictions is not None and images is not None and (
+        images.rescale is not None or images.offset is not None or images.skip_bad
+    ):
+        raise UsageError("--rescale, --offset and --skip-bad-images apply to --data DIR; "
+                         "--predictions were computed already")
     check_tune_options(out, options)
     check_output(out, files, force=options.force)
     plot = [("--plot", options.plot)] if options.plot is not None else []
-    check_writes([("-o", out), *plot], [*files, Path(data_path)])
-    data = read_data(data_path)
+    check_writes([("-o", out), *plot], [*files, source])
+    saved = read_predictions(source) if options.predictions is not None else None
+    data = read_any(source, options.images) if saved is None else None
     loaded = load_models(files, unsafe=options.unsafe, progress=say)
     labels = file_labels(files)
 
-    outputs, y = _member_outputs(loaded, labels, data, options, say, advance)
+    if saved is not None:
+        outputs, y = _saved_outputs(loaded, labels, saved, options)
+    else:
+        assert data is not None
+        outputs, y = _member_outputs(loaded, labels, data, options, say, advance)
     fit_rows, held_rows = split_rows(y, options.holdout)
     metric = options.metric.value
+    cv = None
+    if options.cv:
+        say(f"cross-validating the weights ({metric}, {options.cv} folds) on "
+            f"{len(fit_rows)} rows")
+        folds = stratified_folds(y[fit_rows], options.cv)
+        cv = cross_validate([o[fit_rows] for o in outputs], y[fit_rows], folds,
+                            options.mode, metric)  # type: ignore[arg-type]
     say(f"searching weights ({metric}) on {len(fit_rows)} rows")
     fit = Ensembler([as_rows(o[fit_rows]) for o in outputs], y[fit_rows], options.mode)
     result = search_weights(fit, metric)  # type: ignore[arg-type]
-    fit_scores = _part_scores(outputs, y, fit_rows, result.weights, options)
+    weights = cv.weights if cv else result.weights
+    fit_scores = _part_scores(outputs, y, fit_rows, weights, options)
     held_scores = (
-        _part_scores(outputs, y, held_rows, result.weights, options) if len(held_rows) else None
+        _part_scores(outputs, y, held_rows, weights, options) if len(held_rows) else None
     )
     path = _path_scores(result, outputs, y, held_rows, options.mode)
 
-    notes = _tune_warnings(labels, result.weights, held_scores, options)
-    merge_options.weights = result.weights
+    notes = ([] if data is None else data_notes(data)) + _tune_warnings(
+        labels, weights, fit_scores, held_scores, cv, options)
+    merge_options.weights = weights
+    described = _describe_source(saved, data, len(y))
     merge_options.extra_provenance = {
-        "tuning": _provenance(data, result.method, options, fit_scores, held_scores)
+        "tuning": _provenance(described, result.method, options, fit_scores, held_scores, cv)
     }
     merged = merge_loaded(loaded, out, merge_options, progress=progress, start=start)
 
     report = TuneReport(
-        data=str(data.path),
-        rows=data.rows,
+        data=str(source),
+        rows=len(y),
         metric=metric,
         method=result.method,
         holdout=options.holdout,
@@ -241,6 +289,9 @@ def tune_files(
         plot=None,
         elapsed_seconds=0.0,
         warnings=notes + merged.warnings,
+        cv=cv,
+        source="predictions" if saved is not None else (
+            "images" if isinstance(data, ImageFolder) else "data"),
     )
     if options.plot is not None:
         say(f"plotting {options.plot}")
@@ -250,29 +301,46 @@ def tune_files(
     return report
 
 
+def _describe_source(saved: Predictions | None, data: Data | None, rows: int) -> dict[str, Any]:
+    """What the tuning ran on, for the provenance: the file and its SHA-256, or the folder."""
+    if saved is not None and saved.path is not None:
+        return {"file": saved.path.name, "sha256": sha256_of(saved.path), "rows": rows,
+                "kind": "predictions"}
+    if isinstance(data, ImageFolder):
+        return {"file": data.name + "/", "rows": rows, "classes": len(data.classes),
+                "skipped": len(data.bad), "kind": "images"}
+    assert isinstance(data, Dataset)
+    return {"file": data.path.name, "sha256": sha256_of(data.path), "rows": rows, "kind": "npz"}
+
+
 def _provenance(
-    data: Dataset,
+    data: dict[str, Any],
     method: str,
     options: TuneOptions,
     fit: PartScores,
     held: PartScores | None,
+    cv: CrossValidation | None,
 ) -> dict[str, Any]:
     """What the merged file records about its tuning (beside `fuse merge`'s keys)."""
+    folds = None
+    if cv is not None:
+        folds = {"k": len(cv.folds), "folds": [f.scores.to_dict() for f in cv.folds]}
     return {
         "metric": options.metric.value,
-        "method": method,
-        "data": {"file": data.path.name, "sha256": sha256_of(data.path), "rows": data.rows},
+        "method": f"cv{options.cv}-{method}" if cv else method,
+        "data": data,
         "holdout": options.holdout,
         "seed": SPLIT_SEED,
+        "cv": folds,
         "fit": {"rows": fit.rows, **fit.ensemble.to_dict()},
         "heldout": {"rows": held.rows, **held.ensemble.to_dict()} if held else None,
     }
 
 
 def _member_outputs(
-    loaded: Sequence[Any],
+    loaded: Sequence[LoadedModel],
     labels: Sequence[str],
-    data: Dataset,
+    data: Data,
     options: TuneOptions,
     say: Say,
     advance: Advance | None,
@@ -287,34 +355,78 @@ def _member_outputs(
     heads = combination.heads
     output_shape(models[0], labels[0])
     for model, label in zip(models, labels, strict=True):
-        check_inputs(data, input_specs(model), label)
-    found = labels_for(data, heads[0].shape, labels[0])
+        check_data(data, model, heads[0].shape, label)
 
-    outputs: list[np.ndarray] = []
+    runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for model, label, added in zip(models, labels, combination.transforms, strict=True):
         say(f"predicting with {label}")
-        output = predict(model, data, label=label, batch_size=options.batch_size,
-                         advance=advance)
+        run = model_outputs(model, data, label=label, batch_size=options.batch_size,
+                            images=options.images, advance=advance)
         # `--to-probabilities`: search on what the merged model will compute.
-        output = apply_activation(output.astype(np.float64), added[0]).astype(output.dtype)
-        if outputs and output.shape != outputs[0].shape:
+        output = apply_activation(run[0].astype(np.float64), added[0]).astype(run[0].dtype)
+        run = (output, run[1], run[2])
+        if runs and output.shape[1:] != runs[0][0].shape[1:]:
             raise IncompatibleModelsError(
                 f"{label}: outputs {output.shape} on {data.name}, but {labels[0]} outputs "
-                f"{outputs[0].shape}"
+                f"{runs[0][0].shape}"
             )
-        if options.mode is Mode.PRODUCT and output.min() < 0:
-            raise IncompatibleModelsError(
-                f"{label}: product mode needs outputs >= 0, but it yields {output.min():.4g} "
-                f"on {data.name}"
-            )
-        if options.metric is Metric.LOG_LOSS and not are_probabilities(output):
-            raise DataError(
-                f"{label}: --metric log_loss needs probabilities, but its outputs on "
-                f"{data.name} range from {output.min():.4g} to {output.max():.4g}; "
-                "use --metric accuracy"
-            )
-        outputs.append(output)
-    return outputs, checked_labels(data, outputs[0], found, labels[0])
+        _check_scorable(output, label, data.name, options)
+        runs.append(run)
+    rows = common_rows(runs)
+    kept = [restrict(run, rows) for run in runs]
+    return [output for output, _ in kept], kept[0][1]
+
+
+def _check_scorable(output: np.ndarray, label: str, name: str, options: TuneOptions) -> None:
+    """Raises: IncompatibleModelsError (product of negatives); DataError (log-loss)."""
+    if options.mode is Mode.PRODUCT and output.min() < 0:
+        raise IncompatibleModelsError(
+            f"{label}: product mode needs outputs >= 0, but it yields {output.min():.4g} "
+            f"on {name}"
+        )
+    if options.metric is Metric.LOG_LOSS and not are_probabilities(output):
+        raise DataError(
+            f"{label}: --metric log_loss needs probabilities, but its outputs on "
+            f"{name} range from {output.min():.4g} to {output.max():.4g}; "
+            "use --metric accuracy"
+        )
+
+
+def _saved_outputs(
+    loaded: Sequence[LoadedModel],
+    labels: Sequence[str],
+    saved: Predictions,
+    options: TuneOptions,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The saved predictions, once they are shown to be these members' on their outputs.
+
+    Raises:
+        DataError: Predictions of other files (SHA-256), or of another output shape.
+    """
+    check_provenance(saved, labels, [m.sha256 for m in loaded])
+    models = [m.model for m in loaded]
+    combination = check_combination(
+        models, labels, mode=options.mode, assume_nonnegative=options.assume_nonnegative,
+        allow_mixed_outputs=options.allow_mixed_outputs,
+        to_probabilities=options.to_probabilities,
+    )
+    heads = combination.heads
+    output_shape(models[0], labels[0])
+    expected = heads[0].shape
+    found = saved.outputs[0].shape[1:]
+    if len(found) != len(expected) or any(
+        e is not None and e != f for e, f in zip(expected, found, strict=True)
+    ):
+        raise DataError(f"{saved.name}: predictions have shape {saved.outputs[0].shape}, but "
+                        f"{labels[0]} outputs {(None, *expected)}")
+    # `--to-probabilities`: search on what the merged model will compute.
+    outputs = [
+        apply_activation(o.astype(np.float64), added[0]).astype(np.float32)
+        for o, added in zip(saved.outputs, combination.transforms, strict=True)
+    ]
+    for output, label in zip(outputs, labels, strict=True):
+        _check_scorable(output, label, saved.name, options)
+    return outputs, saved.y.astype(np.int64)
 
 
 def _ensemble_output(
@@ -367,7 +479,9 @@ def _path_scores(
 def _tune_warnings(
     labels: Sequence[str],
     weights: Sequence[float],
+    fit: PartScores,
     held: PartScores | None,
+    cv: CrossValidation | None,
     options: TuneOptions,
 ) -> list[str]:
     notes = []
@@ -377,12 +491,18 @@ def _tune_warnings(
                 f"{label}: weight {weight:.3g}; it adds its full cost to every prediction "
                 "and almost nothing to the result: consider leaving it out"
             )
-    if held is None:
-        notes.append("--holdout 0: every score is on the rows the weights were fitted to")
-        return notes
     metric = options.metric.value
-    ensemble = held.ensemble.get(metric)
-    found = [(s.get(metric), label) for s, label in zip(held.members, labels, strict=True)]
+    if held is not None:
+        ensemble, members_scores, where = held.ensemble.get(metric), held.members, "held-out rows"
+    elif cv is not None:
+        summary = cv.summary(metric)
+        ensemble = None if summary is None else summary[0]
+        members_scores, where = fit.members, f"{len(cv.folds)} cross-validation folds"
+    else:
+        notes.append("--holdout 0 --cv 0: every score is on the rows the weights were "
+                     "fitted to")
+        return notes
+    found = [(s.get(metric), label) for s, label in zip(members_scores, labels, strict=True)]
     members = [(value, label) for value, label in found if value is not None]
     if ensemble is None or not members:
         return notes
@@ -390,7 +510,7 @@ def _tune_warnings(
     best, label = max(members) if higher else min(members)
     if (ensemble < best) if higher else (ensemble > best):
         notes.append(
-            f"on the held-out rows the ensemble ({metric} {ensemble:.4g}) does worse "
+            f"on the {where} the ensemble ({metric} {ensemble:.4g}) does worse "
             f"than {label} alone ({best:.4g}): the weights may not generalize"
         )
     return notes
@@ -420,7 +540,8 @@ def plot_search(report: TuneReport, chosen: int, path: Path) -> None:
             name = "fit" if part == "fit" else "held out"
             axes.plot(xs, [float("nan") if v is None else v for v in ys], style,
                       label=f"{name} ({rows} rows)")
-    axes.axvline(xs[chosen], color="gray", linewidth=0.8, label="chosen")
+    axes.axvline(report.weights[0] if two else xs[chosen], color="gray", linewidth=0.8,
+                 label="chosen")
     axes.set_xlabel(f"weight of {report.files[0]} ({report.files[1]}: 1 - w)" if two
                     else "round of greedy selection")
     axes.set_ylabel(metric.replace("_", "-"))

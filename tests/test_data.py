@@ -10,6 +10,12 @@ import pytest
 from fuse_cli.data import check_inputs, class_labels, read_data, split_rows
 from fuse_cli.ensemble import TensorSpec
 from fuse_cli.errors import DataError, DataLoadError
+from fuse_cli.predictions import (
+    Predictions,
+    check_provenance,
+    read_predictions,
+    save_predictions,
+)
 
 
 def npz(tmp_path: Path, name: str = "d.npz", **arrays: object) -> Path:
@@ -137,3 +143,67 @@ def test_split_is_fixed_disjoint_and_stratified() -> None:
     assert len(everything) == 100 and len(nothing) == 0
     with pytest.raises(DataError, match="needs at least 2 rows"):
         split_rows(labels[:1], 0.3)
+
+
+# --- saved predictions (fuse_cli.predictions) ---
+
+SHA = "ab" * 32
+
+
+def predictions_file(tmp_path: Path, **changes: object) -> Path:
+    arrays: dict[str, object] = {
+        "y": np.array([0, 1, 2]), "p0": np.eye(3, dtype=np.float32),
+        "p1": np.full((3, 3), 1 / 3, dtype=np.float32), "files": np.array(["a.keras", "b.h5"]),
+        "sha256": np.array([SHA, SHA]),
+    }
+    arrays.update(changes)
+    return npz(tmp_path, "p.npz", **{k: v for k, v in arrays.items() if v is not None})
+
+
+def test_predictions_round_trip(tmp_path: Path) -> None:
+    written = Predictions(None, np.array([2, 0]), [np.eye(3)[[2, 0]], np.eye(3)[[1, 0]]],
+                          ["a.keras", "b.h5"], [SHA, "cd" * 32], ["x", "y", "z"], "val")
+    save_predictions(written, tmp_path / "p.npz")
+    read = read_predictions(tmp_path / "p.npz")
+    np.testing.assert_array_equal(read.y, [2, 0])
+    for a, b in zip(read.outputs, written.outputs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (read.files, read.sha256, read.classes, read.data) == (
+        ["a.keras", "b.h5"], [SHA, "cd" * 32], ["x", "y", "z"], "val")
+    check_provenance(read, ["a.keras", "b.h5"], [SHA, "cd" * 32])
+    with pytest.raises(DataError, match="holds predictions of 2 models"):
+        check_provenance(read, ["a.keras"], [SHA])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sha256": None}, "no 'sha256'"),
+        ({"p0": None}, "has p1: expected p0, p1, ..."),
+        ({"files": np.array(["a.keras"])}, "2 prediction arrays but 1 'files'"),
+        ({"sha256": np.array([SHA, "nope"])}, "'sha256' holds 'nope', not 64 lowercase hex"),
+        ({"p1": np.ones((3, 4), dtype=np.float32)}, "'p1' has shape (3, 4) but 'p0' has (3, 3)"),
+        ({"p1": np.full((3, 3), np.nan, dtype=np.float32)}, "'p1' has 9 NaN or inf values"),
+        ({"y": np.array([0.0, 1.0, 2.0])}, "expected integer class indices"),
+        ({"y": np.array([0, 1, 3])}, "'y' holds class index 3; the outputs have 3 classes"),
+        ({"files": np.array([1, 2])}, "'files' must be a 1-D string array"),
+    ],
+)
+def test_predictions_structure_errors_are_exit_2(
+    tmp_path: Path, changes: dict, message: str
+) -> None:
+    with pytest.raises(DataError) as caught:
+        read_predictions(predictions_file(tmp_path, **changes))
+    assert caught.value.exit_code == 2
+    assert message in str(caught.value)
+
+
+def test_unreadable_predictions_are_exit_3(tmp_path: Path) -> None:
+    text = tmp_path / "text.npz"
+    text.write_text("y,p0\n")
+    pickled = predictions_file(tmp_path, files=np.array(["a", 1], dtype=object))
+    for path, message in ((tmp_path / "none.npz", "no such file"),
+                          (text, "not an .npz archive"), (pickled, "pickled Python objects")):
+        with pytest.raises(DataLoadError) as caught:
+            read_predictions(path)
+        assert caught.value.exit_code == 3 and message in str(caught.value)

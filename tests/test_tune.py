@@ -12,8 +12,10 @@ from helpers import load, predict, validated
 from typer.testing import CliRunner
 
 from fuse_cli.cli import app
+from fuse_cli.data import stratified_folds
 from fuse_cli.ensemble import Mode
-from fuse_cli.search import Ensembler, greedy_search, grid_search
+from fuse_cli.errors import DataError
+from fuse_cli.search import Ensembler, cross_validate, greedy_search, grid_search
 
 EPS = 1e-7
 CLASSES = 3
@@ -170,6 +172,69 @@ def test_scores_follow_argmax_on_ties() -> None:
         assert log_loss[0] == pytest.approx(expected[1], rel=1e-6)
 
 
+# --- cross-validation against brute force ---
+
+
+def test_folds_are_disjoint_covering_fixed_and_stratified() -> None:
+    labels = np.repeat(np.arange(4), [50, 30, 15, 5])
+    folds = stratified_folds(labels, 5)
+    np.testing.assert_array_equal(np.sort(np.concatenate(folds)), np.arange(100))
+    assert [len(f) for f in folds] == [20] * 5
+    for fold in folds:
+        for c, count in enumerate([50, 30, 15, 5]):
+            assert abs(np.sum(labels[fold] == c) - count / 5) <= 1
+    for a, b in zip(folds, stratified_folds(labels, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(DataError, match="--cv 5 needs at least 5 rows"):
+        stratified_folds(labels[:4], 5)
+
+
+@pytest.mark.parametrize("mode", [Mode.SUM, Mode.PRODUCT])
+def test_cross_validation_matches_brute_force(mode: Mode) -> None:
+    """Each fold: the brute-force weight on the other folds, scored in numpy on it."""
+    members, y = constructed_case()
+    folds = stratified_folds(y, 4)
+    cv = cross_validate(members, y, folds, mode, "log_loss")
+    everything = np.arange(len(y))
+    found = []
+    for fold, result in zip(folds, cv.folds, strict=True):
+        train = np.setdiff1d(everything, fold)
+        w = brute_force([m[train] for m in members], y[train], mode, "log_loss")
+        a, b = (m[fold].astype(np.float64) for m in members)
+        p = w * a + (1 - w) * b if mode is Mode.SUM else a**w * b ** (1 - w)
+        accuracy, log_loss = numpy_scores(p, y[fold])
+        assert result.weights == [pytest.approx(w), pytest.approx(1 - w)]
+        assert result.rows == len(fold)
+        assert result.scores.accuracy == pytest.approx(accuracy, abs=1e-12)
+        assert result.scores.log_loss == pytest.approx(log_loss, rel=1e-6)
+        found.append((w, log_loss))
+    weights, losses = np.array(found).T
+    assert cv.weights == [pytest.approx(weights.mean()), pytest.approx(1 - weights.mean())]
+    assert cv.summary("log_loss") == (pytest.approx(losses.mean()), pytest.approx(losses.std()))
+    assert len(set(weights)) > 1  # the folds disagree: the case tests the averaging
+
+
+def test_tune_cv_report_on_real_members(
+    runner: CliRunner, trio: dict[str, Path], tmp_path: Path
+) -> None:
+    """The default (--cv 5, every row): fold weights as brute force, held out by fold."""
+    report = tune_json(runner, trio["strong"], trio["other"], "--data", trio["val"],
+                       "-o", tmp_path / "e.keras")
+    x, y = val_data(trio)
+    members = [predict(load(trio[name]), x)[0] for name in ("strong", "other")]
+    folds = stratified_folds(y, 5)
+    assert report["heldout"] is None and report["cv"]["k"] == 5
+    expected = []
+    for fold, found in zip(folds, report["cv"]["folds"], strict=True):
+        train = np.setdiff1d(np.arange(len(y)), fold)
+        w = brute_force([m[train] for m in members], y[train], Mode.SUM, "log_loss")
+        assert found["weights"][0] == pytest.approx(w) and found["rows"] == 80
+        expected.append(w)
+    assert report["weights"][0] == pytest.approx(np.mean(expected))
+    losses = [f["log_loss"] for f in report["cv"]["folds"]]
+    assert report["cv"]["log_loss"]["std"] == pytest.approx(np.std(losses))
+
+
 # --- evaluate against numpy ---
 
 
@@ -238,7 +303,8 @@ def test_tune_members_with_two_inputs(runner: CliRunner, tmp_path: Path) -> None
         keras.Model([wide, narrow], outputs).save(paths[-1])
     x, y = blobs(60, seed=3)
     np.savez(tmp_path / "d.npz", x0=x[:, :3], x1=x[:, 3:4].repeat(2, axis=1), y=y)
-    report = tune_json(runner, *paths, "--data", tmp_path / "d.npz", "-o", tmp_path / "e.keras")
+    report = tune_json(runner, *paths, "--data", tmp_path / "d.npz", "--holdout", "0.3",
+                       "-o", tmp_path / "e.keras")
     assert report["merge"]["inputs"] == "shared" and report["heldout"]["rows"] == 18
     np.savez(tmp_path / "swapped.npz", x0=x[:, 3:4].repeat(2, axis=1), x1=x[:, :3], y=y)
     result = run(runner, "tune", *paths, "--data", tmp_path / "swapped.npz",
@@ -251,9 +317,9 @@ def test_tune_members_with_two_inputs(runner: CliRunner, tmp_path: Path) -> None
 def test_tune_weight_matches_brute_force_on_real_members(
     runner: CliRunner, trio: dict[str, Path], tmp_path: Path
 ) -> None:
-    """--holdout 0 fits on every row, so the brute force can see the same rows."""
+    """--cv 0 (--holdout is 0 by default) fits on every row, as the brute force does."""
     report = tune_json(runner, trio["strong"], trio["other"], "--data", trio["val"],
-                       "--holdout", "0", "-o", tmp_path / "e.keras")
+                       "--cv", "0", "-o", tmp_path / "e.keras")
     x, y = val_data(trio)
     members = [predict(load(trio[name]), x)[0] for name in ("strong", "other")]
     assert report["method"] == "grid" and report["heldout"] is None
@@ -265,7 +331,7 @@ def test_useless_member_gets_weight_near_zero(
 ) -> None:
     for names in (("strong", "untrained"), ("strong", "other", "untrained")):
         report = tune_json(runner, *(trio[n] for n in names), "--data", trio["val"],
-                           "-o", tmp_path / f"e{len(names)}.keras")
+                           "--holdout", "0.3", "-o", tmp_path / f"e{len(names)}.keras")
         assert report["method"] == ("grid" if len(names) == 2 else "greedy")
         assert report["weights"][-1] <= 0.02, report["weights"]
         held = report["heldout"]
@@ -282,7 +348,7 @@ def test_tune_writes_a_verified_model_recording_the_tuning(
     pytest.importorskip("matplotlib")
     out, plot = tmp_path / "tuned.h5", tmp_path / "search.png"
     result = run(runner, "tune", trio["strong"], trio["other"], "--data", trio["val"],
-                 "--mode", "product", "-o", out, "--plot", plot, ok=True)
+                 "--holdout", "0.3", "--mode", "product", "-o", out, "--plot", plot, ok=True)
     for text in ("120 held out", "exact grid", "tuned ensemble", "equal weights",
                  "verified: reloaded"):
         assert text in result.stdout
@@ -291,7 +357,8 @@ def test_tune_writes_a_verified_model_recording_the_tuning(
     model = load(out)
     combine = model.get_layer("combine")
     tuning = combine.provenance["tuning"]
-    assert tuning["metric"] == "log_loss" and tuning["method"] == "grid"
+    assert tuning["metric"] == "log_loss" and tuning["method"] == "cv5-grid"
+    assert tuning["cv"]["k"] == 5 and len(tuning["cv"]["folds"]) == 5
     assert tuning["data"]["file"] == "val.npz" and len(tuning["data"]["sha256"]) == 64
     assert tuning["heldout"]["rows"] == 120
     assert combine.provenance["weights"] == combine.coefficients
@@ -302,7 +369,7 @@ def test_tune_writes_a_verified_model_recording_the_tuning(
     np.testing.assert_allclose(predict(model, x)[0], expected, rtol=1e-5, atol=1e-6)
 
     inspected = run(runner, "inspect", out, ok=True)
-    assert "tuned:      grid on log_loss, data val.npz" in inspected.stdout
+    assert "tuned:      cv5-grid on log_loss, data val.npz" in inspected.stdout
     shown = validated(run(runner, "inspect", out, "--json", ok=True).stdout)
     assert shown["models"][0]["ensemble"]["tuning"] == tuning
 
@@ -375,6 +442,7 @@ def test_exit_2_labels_beyond_the_classes(
     ("options", "message"),
     [
         (["--holdout", "1"], "--holdout must be at least 0 and below 1; got 1.0"),
+        (["--cv", "1"], "--cv must be 0 (one search) or at least 2 folds; got 1"),
         (["--plot", "search.txt"], "must end in .png, .svg, .pdf; got '.txt'"),
         (["--batch-size", "0"], "--batch-size must be at least 1; got 0"),
         (["--renormalize"], "--renormalize applies to --mode product only"),

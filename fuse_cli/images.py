@@ -1,0 +1,279 @@
+"""`--data DIR`: a folder of labelled images, in Keras's convention, read as a stream.
+
+The layout is the one `keras.utils.image_dataset_from_directory` reads: one subfolder
+per class, the class index is the position of the subfolder's name in sorted order,
+and a class's images may sit in nested folders below it. Files whose extension is not
+one of `.bmp .gif .jpeg .jpg .png` are ignored, as Keras ignores them (fuse counts them
+in a warning).
+
+The labels come from one pass over the file names; no image is read for them. Each
+model then gets its own pass over the images: `tf.data` reads, decodes and resizes
+them to that model's input size (bilinear, as Keras), in batches, with a bounded
+prefetch, so memory does not grow with the number of images. Optional preprocessing
+is Keras's `Rescaling`: `x * scale + offset`.
+
+An image that cannot be read or decoded stops the run with its file name (exit 3),
+or, with `skip_bad`, is counted and left out of every model's scores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fuse_cli.ensemble import TensorSpec
+from fuse_cli.errors import DataError, DataLoadError, IncompatibleModelsError, first_line
+
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # keras.utils.image_dataset...
+CHANNELS = {1: "grayscale", 3: "rgb", 4: "rgba"}
+
+Advance = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How images become model inputs: `x * rescale + offset` (keras.layers.Rescaling).
+
+    Attributes:
+        rescale: The factor (None: 1, the pixel values 0-255 as decoded).
+        offset: Added after scaling (None: 0).
+        skip_bad: Leave out images that cannot be decoded, counted, instead of stopping.
+    """
+
+    rescale: float | None = None
+    offset: float | None = None
+    skip_bad: bool = False
+
+
+@dataclass
+class ImageFolder:
+    """The file names and labels of one image folder; the images are read on demand.
+
+    Attributes:
+        path: The folder as the user named it.
+        classes: The class subfolders' names, sorted: class `i` is `classes[i]`.
+        files: Every image file, class by class, sorted within each class.
+        labels: The class index of every file, int64 `(N,)`.
+        ignored: Files without an image extension (not hidden ones), left out.
+        bad: Images found unreadable while predicting, `(row, reason)`, with `skip_bad`.
+    """
+
+    path: Path
+    classes: list[str]
+    files: list[str]
+    labels: np.ndarray
+    ignored: list[str] = field(default_factory=list)
+    bad: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        """The number of image files."""
+        return len(self.files)
+
+    @property
+    def name(self) -> str:
+        """The folder's name, for messages."""
+        return self.path.name or str(self.path)
+
+
+def read_image_folder(path: str | Path) -> ImageFolder:
+    """List the class subfolders and their image files (names only; nothing is decoded).
+
+    Raises:
+        DataLoadError: The folder is missing or unreadable.
+        DataError: No class subfolders, or no image in any of them.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataLoadError(f"{path}: no such folder")
+    if not path.is_dir():
+        raise DataLoadError(f"{path}: is not a folder")
+    try:
+        classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
+    except OSError as exc:
+        raise DataLoadError(f"{path}: cannot list: {exc.strerror or exc}") from None
+    if not classes:
+        raise DataError(
+            f"{path}: has no class subfolders; expected one folder per class holding its "
+            "images (as keras.utils.image_dataset_from_directory)"
+        )
+    files: list[str] = []
+    labels: list[int] = []
+    ignored: list[str] = []
+    for index, name in enumerate(classes):
+        for file in _walk(path / name):
+            if file.lower().endswith(IMAGE_SUFFIXES):
+                files.append(file)
+                labels.append(index)
+            elif not os.path.basename(file).startswith("."):
+                ignored.append(file)
+    if not files:
+        raise DataError(
+            f"{path}: no images in its {len(classes)} class folders (looked for "
+            f"{' '.join(IMAGE_SUFFIXES)})"
+        )
+    return ImageFolder(path, classes, files, np.asarray(labels, dtype=np.int64), ignored)
+
+
+def _walk(folder: Path) -> Iterator[str]:
+    """Every file under `folder`, sorted, not following links (as Keras)."""
+    def fail(exc: OSError) -> None:
+        raise DataLoadError(f"{exc.filename}: cannot list: {exc.strerror or exc}")
+
+    for root, dirs, names in os.walk(folder, onerror=fail):
+        dirs.sort()
+        for name in sorted(names):
+            yield os.path.join(root, name)
+
+
+def image_input(specs: Sequence[TensorSpec], label: str) -> tuple[int, int, int]:
+    """The `(height, width, channels)` a model takes its images at.
+
+    Raises:
+        DataError: The model does not take one image of fixed size with 1, 3 or 4 channels.
+    """
+    shapes = ", ".join(str(s) for s in specs)
+    if len(specs) != 1 or len(specs[0].shape) != 3:
+        raise DataError(
+            f"{label}: takes {shapes}; --data DIR feeds one image input "
+            "(None, height, width, channels)"
+        )
+    height, width, channels = specs[0].shape
+    if height is None or width is None:
+        raise DataError(
+            f"{label}: takes {shapes}, with no fixed image size; --data DIR resizes to "
+            "the model's own size (use an .npz file for this model)"
+        )
+    if channels not in CHANNELS:
+        raise DataError(f"{label}: takes {shapes}; images have 1, 3 or 4 channels")
+    return height, width, channels
+
+
+def folder_labels(folder: ImageFolder, output_shape: Sequence[int | None], label: str) -> None:
+    """Check that the class folders match the model's classes.
+
+    A single sigmoid column takes two class folders (0 and 1), as Keras's
+    `label_mode="binary"`.
+
+    Raises:
+        IncompatibleModelsError: The number of class folders is not the output width.
+        DataError: The model's output is not one class axis.
+    """
+    if len(output_shape) != 1:
+        raise DataError(
+            f"{label}: outputs {tuple(output_shape)} per image; --data DIR scores one class "
+            "vector per image"
+        )
+    width = output_shape[0]
+    count = len(folder.classes)
+    if width is None or (width == 1 and count == 2) or width == count:
+        return
+    shown = ", ".join(folder.classes[:5]) + (", ..." if count > 5 else "")
+    raise IncompatibleModelsError(
+        f"{folder.path}: has {count} class folder{'s' if count != 1 else ''} ({shown}), but "
+        f"{label} outputs {width} class{'es' if width != 1 else ''}"
+        + (" (a single sigmoid column takes 2 folders)" if width == 1 else "")
+    )
+
+
+def image_batches(folder: ImageFolder, rows: np.ndarray, size: tuple[int, int, int],
+             options: ImageOptions, batch_size: int) -> Any:
+    """(images, positions) batches; an image that fails to read or decode is dropped."""
+    import tensorflow as tf
+
+    height, width, channels = size
+    scale = options.rescale
+    offset = options.offset
+
+    def load(path: Any, position: Any) -> tuple[Any, Any]:
+        image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
+                                   expand_animations=False)
+        image = tf.image.resize(image, (height, width), method="bilinear")
+        image.set_shape((height, width, channels))
+        if scale is not None:
+            image = image * scale
+        if offset is not None:
+            image = image + offset
+        return image, position
+
+    paths = [folder.files[r] for r in rows]
+    ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(rows), dtype=np.int64)))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()
+    return ds.batch(batch_size).prefetch(2)
+
+
+def decode_error(file: str) -> str:
+    """Why one file cannot be read or decoded as an image (read again, eagerly)."""
+    import tensorflow as tf
+
+    try:
+        tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
+    except (tf.errors.OpError, ValueError) as exc:
+        return first_line(getattr(exc, "message", None) or exc)
+    return "cannot be decoded"
+
+
+def predict_folder(
+    model: Any,
+    folder: ImageFolder,
+    *,
+    label: str,
+    size: tuple[int, int, int],
+    options: ImageOptions,
+    batch_size: int,
+    advance: Advance | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run `model` over the folder's images (less those already known bad), batched.
+
+    Returns:
+        The output rows and the folder rows they belong to (sorted).
+
+    Raises:
+        DataLoadError: An image cannot be read or decoded (without `skip_bad`).
+    """
+    rows = np.array([r for r in range(folder.rows) if r not in folder.bad], dtype=np.int64)
+    total = len(rows)
+    outputs: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
+    expected = 0
+    if advance is not None:
+        advance(label, 0, total)
+    for images, positions in image_batches(folder, rows, size, options, batch_size):
+        found = positions.numpy()
+        if found[-1] - expected + 1 != len(found):
+            _missing(folder, rows, expected, found, options)
+        expected = int(found[-1]) + 1
+        batch = model.predict_on_batch(images)
+        outputs.append(np.asarray(batch[0] if isinstance(batch, list | tuple) else batch))
+        kept.append(rows[found])
+        if advance is not None:
+            advance(label, expected, total)
+    if expected != total:
+        _missing(folder, rows, expected, np.array([total]), options)
+    if not outputs:
+        raise DataError(f"{folder.path}: none of its {folder.rows} images can be decoded")
+    return np.concatenate(outputs), np.concatenate(kept)
+
+
+def _missing(folder: ImageFolder, rows: np.ndarray, expected: int, found: np.ndarray,
+             options: ImageOptions) -> None:
+    """Name (or, with `skip_bad`, record) the images the pipeline dropped."""
+    present = set(found.tolist())
+    last = int(found[-1])
+    for position in range(expected, last):
+        if position in present:
+            continue
+        row = int(rows[position])
+        reason = decode_error(folder.files[row])
+        if not options.skip_bad:
+            raise DataLoadError(
+                f"{folder.files[row]}: cannot be read as an image: {reason} "
+                "(--skip-bad-images leaves such files out)"
+            )
+        folder.bad[row] = reason
