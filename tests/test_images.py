@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import validated
 from typer.testing import CliRunner
 
 from fuse_cli.cli import app
@@ -138,7 +139,7 @@ def test_evaluate_folder_matches_keras_loader(runner: CliRunner, images: dict[st
     result = run(runner, "evaluate", images["rgb"], images["gray"], "--data", images["folder"],
                  "--rescale", "1/127.5", "--offset", "-1", "--batch-size", "7", "--json",
                  ok=True)
-    report = json.loads(result.stdout)
+    report = validated(result.stdout)
     assert report["rows"] == 24
     for found, name in zip(report["models"], ("rgb", "gray"), strict=True):
         p, y, _ = keras_reference(images["folder"], images[name], 1 / 127.5, -1.0)
@@ -232,7 +233,7 @@ def test_bad_image_names_the_file_or_is_skipped(
 
     skipped = run(runner, "evaluate", images["rgb"], images["gray"], "--data", root,
                   "--skip-bad-images", "--json", ok=True)
-    report = json.loads(skipped.stdout)
+    report = validated(skipped.stdout)
     assert report["rows"] == 11 and report["skipped"] == 2
     assert "skipped 2 images that cannot be decoded" in skipped.stderr
     clean = make_folder(tmp_path / "clean", per_class=4)

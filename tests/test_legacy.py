@@ -849,7 +849,7 @@ def test_cli_inspect_shows_the_rules_applied(tmp_path: Path) -> None:
     )
     result = runner.invoke(app, ["inspect", "--json", str(tm)], catch_exceptions=False)
     assert (
-        json.loads(result.stdout)["models"][0]["migrations"]
+        validated(result.stdout)["models"][0]["migrations"]
         == EXPECTED_RULES["teachable_machine_240"]
     )
     refused = runner.invoke(app, ["inspect", str(fixture_path("keras22_upsampling_bilinear"))])

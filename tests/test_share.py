@@ -18,7 +18,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from helpers import load, mobilenet_like, predict, set_head_weights, tm_member
+from helpers import load, mobilenet_like, predict, set_head_weights, tm_member, validated
 from typer.testing import CliRunner
 
 from fuse_cli.choices import ExportFormat, InputsMode, Mode
@@ -249,7 +249,7 @@ def test_no_share_keeps_members_whole_and_is_bigger(
         args = ["merge", *paths, "-o", str(out), "--json", *([flag] if flag else [])]
         result = runner.invoke(app, args, catch_exceptions=False)
         assert result.exit_code == 0, result.stderr
-        results[flag] = (out, json.loads(result.stdout))
+        results[flag] = (out, validated(result.stdout))
     shared_out, shared = results[""]
     whole_out, whole = results["--no-share"]
     assert whole["sharing"] == {"enabled": False, "segments": [], "params_saved": 0,
@@ -278,7 +278,7 @@ def test_sharing_is_recorded_and_shown_by_inspect_and_merge(
     ]
 
     shown = runner.invoke(app, ["inspect", str(out), "--json"], catch_exceptions=False)
-    sharing = json.loads(shown.stdout)["models"][0]["ensemble"]["sharing"]
+    sharing = validated(shown.stdout)["models"][0]["ensemble"]["sharing"]
     assert sharing["segments"][0]["members"] == [0, 1]
     assert sharing["params_saved"] == 352
     text = runner.invoke(app, ["inspect", str(out)], catch_exceptions=False).stdout
@@ -295,7 +295,7 @@ def test_verify_checks_a_shared_file_through_its_segments(
     result = runner.invoke(app, ["verify", str(out), *map(str, paths), "--json"],
                            catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = validated(result.stdout)
     assert report["shared"] == [{"name": "shared_0", "members": [0, 1, 2]}]
     assert all(m["max_abs_error"] <= 1e-6 for m in report["members"])
 
@@ -362,7 +362,7 @@ def test_nested_groups_share_a_segment_after_a_segment(
     result = runner.invoke(app, ["verify", str(out), *map(str, paths), "--json"],
                            catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["shared"] == [
+    assert validated(result.stdout)["shared"] == [
         {"name": "shared_0", "members": [0, 1, 2]}, {"name": "shared_1", "members": [0, 1]}
     ]
 
