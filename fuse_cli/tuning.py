@@ -17,13 +17,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fuse_cli.choices import Metric, Mode
 from fuse_cli.data import SPLIT_SEED, Dataset, split_rows, stratified_folds
-from fuse_cli.ensemble import check_combination
+from fuse_cli.ensemble import Combination, check_combination
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
     Advance,
@@ -56,6 +56,9 @@ from fuse_cli.search import (
     search_weights,
 )
 from fuse_cli.verification import apply_activation, reference
+
+if TYPE_CHECKING:
+    import keras
 
 HOLDOUT = 0.0
 CV_FOLDS = 5  # chosen by measurement: benchmarks/cv_default.py, README "Cross-validation"
@@ -337,6 +340,19 @@ def _provenance(
     }
 
 
+def _checked_combination(
+    models: Sequence[keras.Model], labels: Sequence[str], options: TuneOptions
+) -> Combination:
+    """`merge`'s checks (outputs, kinds, signs) and tune's one-output rule."""
+    combination = check_combination(
+        models, labels, mode=options.mode, assume_nonnegative=options.assume_nonnegative,
+        allow_mixed_outputs=options.allow_mixed_outputs,
+        to_probabilities=options.to_probabilities,
+    )
+    output_shape(models[0], labels[0])
+    return combination
+
+
 def _member_outputs(
     loaded: Sequence[LoadedModel],
     labels: Sequence[str],
@@ -347,13 +363,8 @@ def _member_outputs(
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Check every member against the data, then run each once; outputs and labels."""
     models = [m.model for m in loaded]
-    combination = check_combination(
-        models, labels, mode=options.mode, assume_nonnegative=options.assume_nonnegative,
-        allow_mixed_outputs=options.allow_mixed_outputs,
-        to_probabilities=options.to_probabilities,
-    )
+    combination = _checked_combination(models, labels, options)
     heads = combination.heads
-    output_shape(models[0], labels[0])
     for model, label in zip(models, labels, strict=True):
         check_data(data, model, heads[0].shape, label)
 
@@ -405,13 +416,8 @@ def _saved_outputs(
     """
     check_provenance(saved, labels, [m.sha256 for m in loaded])
     models = [m.model for m in loaded]
-    combination = check_combination(
-        models, labels, mode=options.mode, assume_nonnegative=options.assume_nonnegative,
-        allow_mixed_outputs=options.allow_mixed_outputs,
-        to_probabilities=options.to_probabilities,
-    )
+    combination = _checked_combination(models, labels, options)
     heads = combination.heads
-    output_shape(models[0], labels[0])
     expected = heads[0].shape
     found = saved.outputs[0].shape[1:]
     if len(found) != len(expected) or any(
