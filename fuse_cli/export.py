@@ -23,8 +23,8 @@ from fuse_cli.ensemble import input_specs
 from fuse_cli.errors import OutputError, UsageError, VerificationError, first_line
 from fuse_cli.files import MODEL_SUFFIXES, check_output_folder, check_writes, publish
 from fuse_cli.formats import check_keras, check_model_path, load_model
+from fuse_cli.formula import compare, run, sample_batch
 from fuse_cli.runtimes import RUNNERS, litert_interpreter, quiet_native_logs
-from fuse_cli.verification import compare, run, sample_batch
 
 if TYPE_CHECKING:
     import keras

@@ -26,9 +26,9 @@ from fuse_cli.errors import UsageError
 from fuse_cli.export import artifact_path, export_file, plan_exports
 from fuse_cli.files import check_output, check_writes, publish
 from fuse_cli.formats import LoadedModel, cache_keras_skipsets, load_model, load_models
+from fuse_cli.formula import batch_size, check_formula
 from fuse_cli.report import MemberReport, MergePlan, MergeReport, file_labels, formula_text
 from fuse_cli.sharing import find_sharing, sharing_record
-from fuse_cli.verification import batch_size, check_formula
 
 if TYPE_CHECKING:
     import keras

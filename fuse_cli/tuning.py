@@ -40,6 +40,7 @@ from fuse_cli.evaluation import (
 )
 from fuse_cli.files import check_destination, check_output, check_writes, publish
 from fuse_cli.formats import LoadedModel, load_models, sha256_of
+from fuse_cli.formula import apply_activation, reference
 from fuse_cli.images import ImageFolder, ImageOptions
 from fuse_cli.merge import MergeOptions, check_options, merge_loaded
 from fuse_cli.predictions import Predictions, check_provenance, read_predictions
@@ -55,7 +56,6 @@ from fuse_cli.search import (
     score,
     search_weights,
 )
-from fuse_cli.verification import apply_activation, reference
 
 if TYPE_CHECKING:
     import keras

@@ -234,7 +234,7 @@ def test_build_ensemble_rejects_renormalize_in_sum_mode(zoo: dict[str, Path]) ->
 def test_check_batch_shrinks_for_large_inputs() -> None:
     """Verification runs members eagerly: large images are checked a few at a time."""
     from fuse_cli.ensemble import TensorSpec
-    from fuse_cli.verification import BATCH, batch_size, sample_batch
+    from fuse_cli.formula import BATCH, batch_size, sample_batch
 
     small = [TensorSpec((5,), "float32")]
     image = [TensorSpec((224, 224, 3), "float32")]

@@ -1,0 +1,313 @@
+"""Proving that a model computes its formula: the check batch, the numpy reference, the
+comparison.
+
+The reference is computed with numpy from the members' own outputs, never from the
+combining layers, so a wrong coefficient or a lost layer cannot check itself. The check
+batch is fixed-seed and bounded: a file costs what it stores, so a model that declares
+huge inputs or activations is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fuse_cli.choices import Mode
+from fuse_cli.ensemble import TensorSpec, input_specs
+from fuse_cli.errors import IncompatibleModelsError, ModelLoadError, VerificationError
+from fuse_cli.formats._keras_private import node_outputs
+from fuse_cli.formats.screening import size_text
+
+if TYPE_CHECKING:
+    import keras
+
+RTOL = 1e-5
+ATOL = 1e-6
+BATCH = 4
+SEED = 1234
+FREE_DIM = 32  # the size given to a `None` non-batch dimension in the check batch
+# An eager call keeps every intermediate activation until it returns: 4 images of
+# 224x224x3 through MobileNetV2 hold ~330 MiB. Above this many input values per
+# sample, the check batch has fewer samples (down to 1).
+MAX_BATCH_VALUES = 1 << 17
+# One sample of the check batch's inputs may take at most this much (a file costs what
+# it stores: a 13 KB model may not declare an input of 2^27 values, 512 MiB a sample).
+MAX_SAMPLE_BYTES = 64 * 1024**2
+# What the check batch may hold at once: its inputs and every layer's outputs (an eager
+# call keeps them until it returns). The batch shrinks to fit, down to one sample; one
+# sample may take more only in proportion to the weights the model really holds (a big
+# model has big activations; a 13 KB file that upsamples to gigabytes does not).
+MAX_ACTIVATION_BYTES = 1024**3
+ACTIVATIONS_PER_WEIGHT_BYTE = 16
+_TINY = np.float32(1.1754944e-38)
+
+
+def sample_bytes(specs: Sequence[TensorSpec], what: str = "the model") -> int:
+    """The bytes one sample of these inputs takes in the check batch.
+
+    Raises:
+        IncompatibleModelsError: An input that is not numeric (strings): fuse runs and
+            combines numeric tensors only (exit 4).
+        ModelLoadError: One sample past `MAX_SAMPLE_BYTES`: too large to check (exit 3).
+    """
+    total = 0
+    for i, spec in enumerate(specs):
+        dtype = _numpy_dtype(spec.dtype)
+        if dtype is None:
+            raise IncompatibleModelsError(
+                f"{what}: input {i} has dtype {spec.dtype}; fuse runs and combines models "
+                "on numeric tensors only"
+            )
+        total += math.prod(FREE_DIM if d is None else d for d in spec.shape) * dtype.itemsize
+        if total > MAX_SAMPLE_BYTES:
+            shapes = ", ".join(str(s) for s in specs)
+            raise ModelLoadError(
+                f"{what}: inputs {shapes} take {size_text(total)} or more a sample: too "
+                f"large to check (limit {size_text(MAX_SAMPLE_BYTES)} a sample)"
+            )
+    return total
+
+
+def _numpy_dtype(name: str) -> np.dtype | None:
+    if name == "bfloat16":
+        return np.dtype("float32")
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        return None
+    numeric = np.issubdtype(dtype, np.number) or dtype == np.bool_
+    return dtype if numeric and not np.issubdtype(dtype, np.complexfloating) else None
+
+
+def batch_size(
+    specs: Sequence[TensorSpec], what: str = "the model", model: keras.Model | None = None
+) -> int:
+    """`BATCH`, or fewer samples when one sample holds more than `MAX_BATCH_VALUES` values,
+    or when the batch's activations through `model` would pass `MAX_ACTIVATION_BYTES`.
+
+    Raises:
+        IncompatibleModelsError: A non-numeric input (see `sample_bytes`).
+        ModelLoadError: A sample too large to check (see `sample_bytes`), or whose
+            activations through `model` pass `MAX_ACTIVATION_BYTES`.
+    """
+    per_sample = sample_bytes(specs, what)
+    if model is not None:
+        per_sample += activation_bytes(model)
+        limit = MAX_ACTIVATION_BYTES + ACTIVATIONS_PER_WEIGHT_BYTE * weight_bytes(model)
+        if per_sample > limit:
+            raise ModelLoadError(
+                f"{what}: its layers' outputs take {size_text(per_sample)} a sample on the "
+                f"check batch: too large to check (limit {size_text(limit)} for its "
+                f"{size_text(weight_bytes(model))} of weights; --no-verify skips the check)"
+            )
+    values = sum(math.prod(FREE_DIM if d is None else d for d in spec.shape) for spec in specs)
+    fits = MAX_ACTIVATION_BYTES // max(1, per_sample)
+    return max(1, min(BATCH, MAX_BATCH_VALUES // max(1, values), fits))
+
+
+def weight_bytes(model: keras.Model) -> int:
+    """The bytes of every weight the model holds (what its file really stores)."""
+    total = 0
+    for variable in model.weights:
+        dtype = _numpy_dtype(str(variable.dtype))
+        total += math.prod(variable.shape) * (dtype.itemsize if dtype is not None else 4)
+    return total
+
+
+def activation_bytes(model: keras.Model) -> int:
+    """The bytes one sample's outputs of every layer of `model` take, nested models' layers
+    included; `None` dims count as `FREE_DIM`, as in the check batch.
+
+    A layer keeps a record of every symbolic call (a Sequential's layers were called
+    while it was built, too), so each layer counts once, at its largest call.
+    """
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        calls = node_outputs(layer)
+        total += max((sum(_tensor_bytes(t) for t in outputs) for outputs in calls), default=0)
+        if isinstance(layer, keras.Model):
+            total += activation_bytes(layer)
+    return total
+
+
+def _tensor_bytes(tensor: Any) -> int:
+    shape = tuple(getattr(tensor, "shape", ()) or ())[1:]
+    dtype = _numpy_dtype(str(getattr(tensor, "dtype", "float32")))
+    itemsize = dtype.itemsize if dtype is not None else 4
+    return math.prod(FREE_DIM if d is None else int(d) for d in shape) * itemsize
+
+
+def sample_batch(
+    specs: Sequence[TensorSpec],
+    *,
+    batch: int | None = None,
+    seed: int = SEED,
+    what: str = "the model",
+    model: keras.Model | None = None,
+) -> list[Any]:
+    """A fixed-seed batch for the given input specs (`batch_size(specs)` samples by default).
+
+    Floats are uniform in [0, 1); integers are 0 or 1, valid for any embedding or
+    lookup; `None` dims become `FREE_DIM`.
+
+    Raises:
+        IncompatibleModelsError: A non-numeric input (see `sample_bytes`).
+        ModelLoadError: A sample too large to check (see `sample_bytes`).
+    """
+    sample_bytes(specs, what)
+    batch = batch_size(specs, what, model) if batch is None else min(batch, BATCH)
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in specs:
+        shape = (batch, *(FREE_DIM if d is None else d for d in spec.shape))
+        dtype = np.dtype(spec.dtype) if spec.dtype != "bfloat16" else np.dtype("float32")
+        if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+            arrays.append(rng.integers(0, 2, size=shape).astype(dtype))
+        else:
+            arrays.append(rng.random(shape, dtype=np.float32).astype(dtype))
+    return arrays
+
+
+def run(model: keras.Model, arrays: Sequence[Any]) -> list[np.ndarray]:
+    """Run `model` once on `arrays` (eagerly, no tracing) and return its flat outputs."""
+    import keras
+
+    result = model(list(arrays) if len(arrays) > 1 else arrays[0], training=False)
+    return [np.asarray(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(result)]
+
+
+def reference(
+    member_outputs: Sequence[Sequence[np.ndarray]],
+    coefficients: Sequence[float],
+    mode: Mode,
+    renormalize: bool = False,
+    transforms: Sequence[Sequence[str | None]] | None = None,
+) -> list[np.ndarray]:
+    """The formula of DESIGN §2 in numpy (float64), head by head.
+
+    Args:
+        member_outputs: Each member's outputs, head by head.
+        coefficients: The normalized weights.
+        mode: Weighted sum or weighted product.
+        renormalize: Product mode: divide by the sum over the last axis.
+        transforms: Per member and head, `"softmax"` or `"sigmoid"` to apply to that
+            output first (`--to-probabilities`), or None.
+    """
+    heads = []
+    for head in range(len(member_outputs[0])):
+        ys = [np.asarray(outs[head], dtype=np.float64) for outs in member_outputs]
+        if transforms is not None:
+            ys = [apply_activation(y, added[head]) for y, added in zip(ys, transforms, strict=True)]
+        if mode is Mode.SUM:
+            y = sum(c * y_i for c, y_i in zip(coefficients, ys, strict=True))
+        else:
+            with np.errstate(invalid="ignore"):  # negatives give NaN, reported by compare()
+                y = np.prod([y_i**c for c, y_i in zip(coefficients, ys, strict=True)], axis=0)
+            if renormalize:
+                y = y / np.maximum(y.sum(axis=-1, keepdims=True), _TINY)
+        heads.append(np.asarray(y))
+    return heads
+
+
+def apply_activation(y: np.ndarray, activation: str | None) -> np.ndarray:
+    """softmax over the last axis or sigmoid (what `--to-probabilities` appends), in numpy."""
+    if activation is None:
+        return y
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-y))
+    if activation == "softmax":
+        shifted = np.exp(y - y.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+    raise ValueError(f"no numpy reference for activation {activation!r}")
+
+
+def compare(
+    actual: Sequence[np.ndarray],
+    expected: Sequence[np.ndarray],
+    what: str,
+    *,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    against: str = "the formula",
+) -> float:
+    """Compare outputs to the reference within float32 tolerance.
+
+    Args:
+        actual: The outputs under test, head by head.
+        expected: The reference outputs.
+        what: Names the outputs under test in messages.
+        rtol: Relative tolerance.
+        atol: Absolute tolerance.
+        against: Names the reference in messages.
+
+    Returns:
+        The largest absolute difference.
+
+    Raises:
+        VerificationError: NaN/inf, a shape difference, or values out of tolerance.
+    """
+    if len(actual) != len(expected):
+        raise VerificationError(f"{what}: {len(actual)} outputs, expected {len(expected)}")
+    worst = 0.0
+    for head, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        where = f"{what}, output {head}" if len(actual) > 1 else what
+        if a.shape != e.shape:
+            raise VerificationError(f"{where}: output shape {a.shape}, expected {e.shape}")
+        if not np.all(np.isfinite(a)):
+            raise VerificationError(f"{where}: yields NaN or inf on the check batch")
+        if not np.all(np.isfinite(e)):
+            raise VerificationError(f"{where}: the members yield NaN or inf on the check batch")
+        err = float(np.max(np.abs(a.astype(np.float64) - e))) if a.size else 0.0
+        if not np.allclose(a, e, rtol=rtol, atol=atol):
+            raise VerificationError(
+                f"{where}: differs from {against} by up to {err:.3g} "
+                f"(tolerance rtol={rtol}, atol={atol})"
+            )
+        worst = max(worst, err)
+    return worst
+
+
+def check_formula(
+    merged: keras.Model,
+    members: Sequence[keras.Model],
+    coefficients: Sequence[float],
+    mode: Mode,
+    *,
+    renormalize: bool = False,
+    shared_inputs: bool,
+    transforms: Sequence[Sequence[str | None]] | None = None,
+    what: str = "merged model",
+) -> float:
+    """Run a fixed-seed batch through `merged` and `members` and compare with the formula.
+
+    `transforms` are the activations `--to-probabilities` appended to members' outputs
+    (see `reference`); they are applied to the members' own outputs in numpy.
+
+    Returns:
+        The largest absolute difference from the numpy reference.
+
+    Raises:
+        VerificationError: The merged model does not compute the formula.
+    """
+    # every input of the merged call, one batch size
+    size = batch_size(input_specs(merged), what, merged)
+    if shared_inputs:
+        batch = sample_batch(input_specs(merged), batch=size, what=what)
+        per_member = [batch for _ in members]
+    else:
+        per_member, batch = [], []
+        for i, member in enumerate(members):
+            arrays = sample_batch(input_specs(member), batch=size, seed=SEED + i, what=what)
+            per_member.append(arrays)
+            batch.extend(arrays)
+    outputs = [run(m, x) for m, x in zip(members, per_member, strict=True)]
+    expected = reference(outputs, coefficients, mode, renormalize, transforms)
+    return compare(run(merged, batch), expected, what)
+
+
+# --- fuse verify -----------------------------------------------------------------------
