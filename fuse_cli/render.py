@@ -149,6 +149,8 @@ def sharing_lines(sharing: dict[str, Any] | None, labels: list[str]) -> list[str
     if not sharing.get("enabled"):
         return ["off (--no-share)"]
     segments = sharing.get("segments") or []
+    if not segments:
+        return []
     lines = []
     for seg in segments:
         names = [labels[i] if 0 <= i < len(labels) else str(i) for i in seg["members"]]

@@ -438,3 +438,18 @@ def test_share_benchmark_script_runs_on_tiny_members(tmp_path: Path) -> None:
     assert row["no_share"]["sharing"]["enabled"] is False
     assert row["shared"]["size"] < row["no_share"]["size"]
     assert all(np.isfinite(v) and v > 0 for v in row["ratios"].values())
+
+
+def test_nothing_shared_prints_no_sharing_line(
+    runner: CliRunner, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    """Members with other weights share nothing: the report says nothing of sharing, and
+    the JSON records an empty list of segments."""
+    out = tmp_path / "e.keras"
+    result = runner.invoke(app, ["merge", str(zoo["a.keras"]), str(zoo["c.h5"]), "-o", str(out)],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert "shared:" not in result.stdout and "saves" not in result.stdout
+    result = runner.invoke(app, ["merge", str(zoo["a.keras"]), str(zoo["c.h5"]), "-o", str(out),
+                                 "--force", "--json"], catch_exceptions=False)
+    assert json.loads(result.stdout)["sharing"]["segments"] == []
