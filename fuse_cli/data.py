@@ -94,22 +94,7 @@ def read_data(path: str | Path) -> Dataset:
             different numbers of rows.
     """
     path = Path(path)
-    check_regular_file(path, DataLoadError, "an .npz data file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as exc:
-        raise DataLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if head.startswith(_NPY_MAGIC):
-        raise DataLoadError(
-            f"{path}: is a single .npy array; expected an .npz archive with 'x' and 'y' "
-            "(numpy.savez(path, x=..., y=...))"
-        )
-    if not head.startswith(_ZIP_MAGICS):
-        raise DataLoadError(
-            f"{path}: not an .npz archive (numpy.savez); expected arrays 'x' and 'y'"
-        )
-    check_declared_sizes(path)
+    check_npz_file(path, kind="an .npz data file", expected="arrays 'x' and 'y'")
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
@@ -120,6 +105,35 @@ def read_data(path: str | Path) -> Dataset:
     data = Dataset(path=path, keys=keys, inputs=[arrays[k] for k in keys], y=arrays["y"])
     _check_arrays(data)
     return data
+
+
+def check_npz_file(path: Path, *, kind: str, expected: str) -> None:
+    """Check a user's `.npz` file before numpy reads it: a regular file, an archive (not a
+    lone `.npy` array), and array headers that declare no more than the file stores.
+
+    Args:
+        path: The file.
+        kind: What it should be, for messages (`"an .npz data file"`).
+        expected: What it should hold, for messages (`"arrays 'x' and 'y'"`).
+
+    Raises:
+        DataLoadError: Missing, unreadable, not an .npz archive, or too large for what it
+            stores.
+    """
+    check_regular_file(path, DataLoadError, kind)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise DataLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if head.startswith(_NPY_MAGIC):
+        raise DataLoadError(
+            f"{path}: is a single .npy array; expected an .npz archive (numpy.savez) with "
+            f"{expected}"
+        )
+    if not head.startswith(_ZIP_MAGICS):
+        raise DataLoadError(f"{path}: not an .npz archive (numpy.savez); expected {expected}")
+    check_declared_sizes(path)
 
 
 def check_declared_sizes(path: Path) -> None:

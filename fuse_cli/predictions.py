@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fuse_cli.data import check_npz_file
 from fuse_cli.errors import DataError, DataLoadError
 from fuse_cli.files import publish
-from fuse_cli.formats.screening import check_regular_file
 
 FORMAT = "fuse-predictions/1"
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _OUTPUT_KEY = re.compile(r"^p(0|[1-9][0-9]*)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -97,15 +96,8 @@ def read_predictions(path: str | Path) -> Predictions:
         DataError: Missing or malformed keys, shapes that disagree, bad labels or digests.
     """
     path = Path(path)
-    check_regular_file(path, DataLoadError, "a predictions .npz file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise DataLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if head not in _ZIP_MAGICS:
-        raise DataLoadError(f"{path}: not an .npz archive (numpy.savez); expected 'y', "
-                            "'p0', 'p1', ..., 'files' and 'sha256'")
+    check_npz_file(path, kind="a predictions .npz file",
+                   expected="'y', 'p0', 'p1', ..., 'files' and 'sha256'")
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)

@@ -36,6 +36,7 @@ from hostile2 import (
     long_input_keras,
     lying_npz,
     markup_version_keras,
+    npy_header,
     npz_bools_keras,
     padded_config_keras,
     string_input_keras,
@@ -249,6 +250,26 @@ def test_npz_header_that_lies_is_exit_3(tmp_path: Path, runner: CliRunner) -> No
     good = good_keras(tmp_path)
     result = runner.invoke(app, ["evaluate", str(good), "--data", str(data)])
     one_line_error(result, 3, "'x.npy' declares shape (1000000000000, 5)", "holds")
+
+
+def test_predictions_header_that_lies_is_exit_3(tmp_path: Path, runner: CliRunner) -> None:
+    """A `--predictions` file is read through the same checks as `--data`."""
+    path = tmp_path / "lying_predictions.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("p0.npy", npy_header((10**12, 5)) + bytes(8))
+        for key, value in {"y": np.zeros(4, dtype=np.int64), "p1": np.zeros((4, 10)),
+                           "files": np.array(["a.keras", "b.keras"]),
+                           "sha256": np.array(["0" * 64, "1" * 64])}.items():
+            buffer = io.BytesIO()
+            np.save(buffer, value)
+            zf.writestr(f"{key}.npy", buffer.getvalue())
+    with np.load(path) as npz, pytest.raises((MemoryError, ValueError)):
+        npz["p0"]  # numpy believes the header: 40 TB
+    a, b = good_keras(tmp_path, "a.keras"), good_keras(tmp_path, "b.keras")
+    result = runner.invoke(app, ["tune", str(a), str(b), "--predictions", str(path),
+                                 "-o", str(tmp_path / "o.keras")])
+    one_line_error(result, 3, "'p0.npy' declares shape (1000000000000, 5)", "holds")
+    assert not (tmp_path / "o.keras").exists()
 
 
 # --- 4. what a file says is data ------------------------------------------------------------
