@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fuse_cli.ensemble import Shape, TensorSpec
+from fuse_cli.compatibility import Shape, TensorSpec
 from fuse_cli.errors import DataError, DataLoadError, first_line
 from fuse_cli.formats.screening import (
     MARGIN_BYTES,

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 
 import fuse_cli.layers  # noqa: F401  (merged models refer to its layers)
+from fuse_cli.compatibility import input_specs, output_specs
 from fuse_cli.data import Dataset, check_inputs, class_labels, read_data
-from fuse_cli.ensemble import input_specs, output_specs
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError, first_line
 from fuse_cli.files import check_destination, check_writes
 from fuse_cli.formats import check_keras, check_model_path, load_model

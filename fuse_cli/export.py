@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fuse_cli.choices import ExportFormat
-from fuse_cli.ensemble import input_specs
+from fuse_cli.compatibility import input_specs
 from fuse_cli.errors import OutputError, UsageError, VerificationError, first_line
 from fuse_cli.files import MODEL_SUFFIXES, check_output_folder, check_writes, publish
 from fuse_cli.formats import check_keras, check_model_path, load_model

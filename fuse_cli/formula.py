@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fuse_cli.choices import Mode
-from fuse_cli.ensemble import TensorSpec, input_specs
+from fuse_cli.compatibility import TensorSpec, input_specs
 from fuse_cli.errors import IncompatibleModelsError, ModelLoadError, VerificationError
 from fuse_cli.formats._keras_private import node_outputs
 from fuse_cli.formats.screening import size_text

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fuse_cli.ensemble import TensorSpec
+from fuse_cli.compatibility import TensorSpec
 from fuse_cli.errors import DataError, DataLoadError, IncompatibleModelsError, first_line
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # keras.utils.image_dataset...

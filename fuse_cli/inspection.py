@@ -17,7 +17,7 @@ from typing import Any
 import keras
 
 from fuse_cli.choices import InputsMode
-from fuse_cli.ensemble import (
+from fuse_cli.compatibility import (
     TO_PROBABILITIES_PREFIX,
     check_nonnegative,
     check_output_kinds,

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from fuse_cli import __version__
 from fuse_cli.choices import ExportFormat, InputsMode, Mode
-from fuse_cli.ensemble import (
+from fuse_cli.compatibility import (
     Combination,
-    build_ensemble,
     check_combination,
     input_specs,
     last_activations,
@@ -22,6 +21,7 @@ from fuse_cli.ensemble import (
     output_specs,
     resolve_weights,
 )
+from fuse_cli.ensemble import build_ensemble
 from fuse_cli.errors import UsageError
 from fuse_cli.export import artifact_path, export_file, plan_exports
 from fuse_cli.files import check_output, check_writes, publish

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fuse_cli.choices import Metric, Mode
+from fuse_cli.compatibility import Combination, check_combination
 from fuse_cli.data import SPLIT_SEED, Dataset, split_rows, stratified_folds
-from fuse_cli.ensemble import Combination, check_combination
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
     Advance,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fuse_cli.choices import Mode
-from fuse_cli.ensemble import input_specs, shared_input_specs
+from fuse_cli.compatibility import input_specs, shared_input_specs
 from fuse_cli.errors import UsageError, VerificationError
 from fuse_cli.formats import check_keras, check_model_path, load_model, sha256_of
 from fuse_cli.formula import SEED, check_formula, compare, run, sample_batch

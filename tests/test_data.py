@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fuse_cli.compatibility import TensorSpec
 from fuse_cli.data import check_inputs, class_labels, read_data, split_rows
-from fuse_cli.ensemble import TensorSpec
 from fuse_cli.errors import DataError, DataLoadError
 from fuse_cli.predictions import (
     Predictions,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from helpers import dense_classifier, load, predict
 
-from fuse_cli.ensemble import InputsMode, Mode, build_ensemble, last_activations
+from fuse_cli.compatibility import last_activations
+from fuse_cli.ensemble import InputsMode, Mode, build_ensemble
 from fuse_cli.errors import IncompatibleModelsError, UsageError
 from fuse_cli.layers import WeightedProduct, WeightedSum
 from fuse_cli.merge import MergeOptions, merge_files
@@ -233,7 +234,7 @@ def test_build_ensemble_rejects_renormalize_in_sum_mode(zoo: dict[str, Path]) ->
 
 def test_check_batch_shrinks_for_large_inputs() -> None:
     """Verification runs members eagerly: large images are checked a few at a time."""
-    from fuse_cli.ensemble import TensorSpec
+    from fuse_cli.compatibility import TensorSpec
     from fuse_cli.formula import BATCH, batch_size, sample_batch
 
     small = [TensorSpec((5,), "float32")]
