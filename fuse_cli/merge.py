@@ -23,7 +23,7 @@ from fuse_cli.compatibility import (
 )
 from fuse_cli.ensemble import build_ensemble
 from fuse_cli.errors import UsageError
-from fuse_cli.export import artifact_path, export_file, plan_exports
+from fuse_cli.export import artifact_path, export_model, plan_exports
 from fuse_cli.files import check_output, check_writes, publish
 from fuse_cli.formats import LoadedModel, cache_keras_skipsets, load_model, load_models
 from fuse_cli.formula import batch_size, check_formula
@@ -116,11 +116,14 @@ def merge_files(
     out = Path(out)
     requests = _check_paths(files, out, options)
     loaded = load_models(files, unsafe=options.unsafe, progress=say)
-    report = merge_loaded(loaded, out, options, progress=progress, start=start)
-    if requests:
-        run = export_file(out, requests, force=options.force, verify=options.verify,
-                          unsafe=options.unsafe, quiet=options.quiet, progress=progress)
-        report.exports = run.exports
+    report, written = _merge_and_write(loaded, out, options, progress=progress, start=start)
+    for fmt, path in requests:
+        # From the model verification reloaded from OUT (or, with --no-verify, the one
+        # just saved): OUT is not loaded a second time for the artifacts.
+        say(f"exporting {path} ({fmt.value})")
+        report.exports.append(
+            export_model(written, fmt, path, verify=options.verify, quiet=options.quiet)
+        )
     return report
 
 
@@ -238,6 +241,19 @@ def merge_loaded(
     Raises:
         FuseError: A subclass carrying the exit code (DESIGN §5).
     """
+    report, _written = _merge_and_write(loaded, out, options, progress=progress, start=start)
+    return report
+
+
+def _merge_and_write(
+    loaded: Sequence[LoadedModel],
+    out: str | Path,
+    options: MergeOptions | None = None,
+    progress: Progress | None = None,
+    start: float | None = None,
+) -> tuple[MergeReport, keras.Model]:
+    """`merge_loaded`, also returning the model as written: the one verification
+    reloaded from the file, or the one saved when verification is off."""
     start = time.perf_counter() if start is None else start
     options = options or MergeOptions()
     out = Path(out)
@@ -278,10 +294,12 @@ def merge_loaded(
     )
 
     errors: list[float] = []
+    reloaded_models: list[keras.Model] = []
 
     def verify(written: Path) -> None:
         say(f"verifying {out}")
         reloaded = load_model(written, unsafe=options.unsafe).model
+        reloaded_models.append(reloaded)
         errors.append(
             check_formula(
                 reloaded,
@@ -297,7 +315,7 @@ def merge_loaded(
 
     say(f"writing {out}")
     size = save_model(merged, out, check=verify if options.verify else None)
-    return MergeReport(
+    report = MergeReport(
         output=str(out),
         mode=options.mode.value,
         formula=formula_text(labels, normalized, options.mode.value, options.renormalize,
@@ -312,6 +330,7 @@ def merge_loaded(
         warnings=warnings,
         sharing=provenance["sharing"],
     )
+    return report, reloaded_models[0] if reloaded_models else merged
 
 
 def save_model(
