@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from fuse_cli.errors import ModelLoadError, UsageError
 from fuse_cli.formats._keras_private import cache_keras_skipsets, variable_budget
@@ -107,10 +107,15 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 def sha256_of(path: Path) -> str:
     """Return the hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+        return _sha256_of_open(f)
+
+
+def _sha256_of_open(f: IO[bytes]) -> str:
+    f.seek(0)
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -148,6 +153,8 @@ def load_model(path: Path, *, unsafe: bool = False) -> LoadedModel:
                     raise
                 if budget.refused is not None:  # refused, caught and ignored inside Keras
                     raise budget.refused
+            # The digest of the bytes that were checked and loaded, from the same open file.
+            digest = _sha256_of_open(f)
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
     import keras
@@ -160,8 +167,8 @@ def load_model(path: Path, *, unsafe: bool = False) -> LoadedModel:
         path=path,
         model=model,
         format=fmt,
-        sha256=sha256_of(path),
-        size=path.stat().st_size,
+        sha256=digest,
+        size=stored,
         keras_version=version,
         migrations=migrations,
     )
