@@ -454,21 +454,29 @@ def rule_layer_activation_module(config: Config) -> bool:
     activation layers are touched.
     """
     changed = False
-    for obj in objects(config):
-        body = obj["config"]
-        if not isinstance(body, dict):
-            continue
-        for key in ("activation", "recurrent_activation"):
-            value = body.get(key)
-            if (
-                isinstance(value, dict)
-                and value.get("class_name") in _ACTIVATION_LAYERS
-                and "module" not in value
-            ):
-                value["module"] = "keras.layers"
-                value["registered_name"] = None
-                changed = True
+    for body, key in _activation_slots(config):
+        value = body[key]
+        if (
+            isinstance(value, dict)
+            and value.get("class_name") in _ACTIVATION_LAYERS
+            and "module" not in value
+        ):
+            value["module"] = "keras.layers"
+            value["registered_name"] = None
+            changed = True
     return changed
+
+
+def _activation_slots(config: Config) -> Iterator[tuple[Config, str]]:
+    """Every `(layer config, key)` whose key names an activation (`activation`,
+    `recurrent_activation`)."""
+    for obj in list(objects(config)):
+        body = obj["config"]
+        if isinstance(body, dict):
+            for key in ("activation", "recurrent_activation"):
+                if key in body:
+                    yield body, key
+
 
 # The serialized `fuse_cli.layers.Keras2HardSigmoid`, a registered activation object.
 KERAS2_HARD_SIGMOID: Config = {
@@ -492,14 +500,10 @@ def rule_keras2_hard_sigmoid(config: Config) -> bool:
     of the Keras 2 function.
     """
     changed = False
-    for obj in objects(config):
-        body = obj["config"]
-        if not isinstance(body, dict):
-            continue
-        for key in ("activation", "recurrent_activation"):
-            if body.get(key) == "hard_sigmoid":
-                body[key] = copy.deepcopy(KERAS2_HARD_SIGMOID)
-                changed = True
+    for body, key in _activation_slots(config):
+        if body[key] == "hard_sigmoid":
+            body[key] = copy.deepcopy(KERAS2_HARD_SIGMOID)
+            changed = True
     return changed
 
 
