@@ -1,20 +1,19 @@
 """Whether members can be combined: input and output specs, output kinds and signs,
 weights, and the input plan.
 
-Everything here reads in-memory `keras.Model` objects and builds nothing, so `merge`,
-`--dry-run`, `inspect` and `tune` run the same checks; `ensemble.build_ensemble` runs
-them before it builds.
+Everything here reads in-memory `keras.Model` objects and builds nothing; the merge
+methods (`fuse_cli.methods`) and the plan (`fuse_cli.planning`) compose these checks,
+and `inspect` asks them what-if questions.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fuse_cli.choices import InputsMode, Mode
-from fuse_cli.errors import IncompatibleModelsError, UsageError
+from fuse_cli.choices import InputsMode
+from fuse_cli.errors import IncompatibleModelsError
 
 if TYPE_CHECKING:
     import keras
@@ -43,54 +42,16 @@ class TensorSpec:
     dtype: str
 
     def __str__(self) -> str:
-        return _shape_text(self.shape)
+        return shape_text(self.shape)
 
 
-def _shape_text(shape: Shape) -> str:
-    return "(" + ", ".join(["None", *(str(d) for d in shape)]) + ")"
-
-
-def resolve_weights(
-    count: int, weight: float | None = None, weights: Sequence[float] | None = None
-) -> tuple[list[float], list[float]]:
-    """Turn `--weight` / `--weights` into weights as given and normalized.
-
-    Args:
-        count: Number of members.
-        weight: `A` for two members, meaning `(A, 1 - A)`.
-        weights: One weight per member.
-
-    Returns:
-        The weights as given (or implied) and normalized to sum to 1.
-
-    Raises:
-        UsageError: Both options, wrong count, a negative or non-finite weight, all zero.
-    """
-    if count < 2:
-        raise UsageError(f"an ensemble needs at least 2 models; got {count}")
-    if weight is not None and weights is not None:
-        raise UsageError("give either --weight or --weights, not both")
-    if weight is not None:
-        if count != 2:
-            raise UsageError(
-                f"--weight A is for two models; got {count}: use --weights W1,...,W{count}"
-            )
-        if not math.isfinite(weight) or not 0 <= weight <= 1:
-            raise UsageError(f"--weight must be between 0 and 1; got {weight}")
-        given = [float(weight), 1.0 - float(weight)]
-    elif weights is not None:
-        given = [float(w) for w in weights]
-        if len(given) != count:
-            raise UsageError(f"--weights has {len(given)} values for {count} models")
-        for w in given:
-            if not math.isfinite(w) or w < 0:
-                raise UsageError(f"--weights must be finite and >= 0; got {w}")
-    else:
-        given = [1.0] * count
-    total = math.fsum(given)
-    if total <= 0:
-        raise UsageError(f"weights must not all be zero; got {given}")
-    return given, [w / total for w in given]
+def shape_text(shape: Sequence[int | None], *, batch: bool = True) -> str:
+    """`(None, 8, 8, 1)`: a shape as Keras prints it, with the batch dimension first
+    (`batch=False`: `shape` already has it)."""
+    dims = ["None" if d is None else str(d) for d in shape]
+    if batch:
+        dims.insert(0, "None")
+    return f"({dims[0]},)" if len(dims) == 1 and not batch else "(" + ", ".join(dims) + ")"
 
 
 def input_specs(model: keras.Model) -> list[TensorSpec]:
@@ -198,7 +159,9 @@ def last_activations(model: keras.Model) -> list[str | None]:
 def _activation_of(tensor: Any) -> str | None:
     import keras
 
-    history = getattr(tensor, "_keras_history", None)
+    from fuse_cli.formats._keras_private import keras_history
+
+    history = keras_history(tensor)
     if history is None:
         return None
     layer, node_index, tensor_index = history
@@ -350,42 +313,6 @@ class Combination:
     heads: list[TensorSpec]
     plan: InputPlan
     transforms: list[list[str | None]]
-
-    @property
-    def transformed(self) -> bool:
-        """Whether `--to-probabilities` appends anything."""
-        return any(t for added in self.transforms for t in added)
-
-
-def check_combination(
-    models: Sequence[keras.Model],
-    labels: Sequence[str],
-    *,
-    mode: Mode = Mode.SUM,
-    inputs: InputsMode = InputsMode.AUTO,
-    assume_nonnegative: bool = False,
-    allow_mixed_outputs: bool = False,
-    to_probabilities: bool = False,
-) -> Combination:
-    """Every check `build_ensemble` runs before building: outputs, kinds, signs, inputs.
-
-    Raises:
-        UsageError: `--allow-mixed-outputs` with product mode.
-        IncompatibleModelsError: The members cannot be combined, naming each file.
-    """
-    if allow_mixed_outputs and mode is not Mode.SUM:
-        raise UsageError("--allow-mixed-outputs applies to --mode sum only")
-    heads = check_outputs(models, labels)
-    if mode is Mode.SUM:
-        transforms = check_output_kinds(
-            models, labels, allow_mixed=allow_mixed_outputs, to_probabilities=to_probabilities
-        )
-    else:
-        transforms = check_output_kinds(models, labels, allow_mixed=True,
-                                        to_probabilities=to_probabilities)
-        check_nonnegative(models, labels, assume=assume_nonnegative, transforms=transforms)
-    plan = plan_inputs(models, labels, inputs)
-    return Combination(heads=heads, plan=plan, transforms=transforms)
 
 
 def plan_inputs(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fuse_cli.compatibility import Shape, TensorSpec
+from fuse_cli.compatibility import Shape, TensorSpec, shape_text
 from fuse_cli.errors import DataError, DataLoadError, first_line
 from fuse_cli.formats.screening import (
     MARGIN_BYTES,
@@ -241,11 +241,6 @@ def _matches(shape: tuple[int, ...], expected: Sequence[int | None]) -> bool:
     )
 
 
-def _shape_text(shape: Sequence[int | str | None]) -> str:
-    inner = ", ".join("None" if d is None else str(d) for d in shape)
-    return f"({inner},)" if len(shape) == 1 else f"({inner})"
-
-
 def check_inputs(data: Dataset, specs: Sequence[TensorSpec], label: str) -> None:
     """Check that the data's inputs fit a model's inputs (count and shapes).
 
@@ -267,7 +262,7 @@ def check_inputs(data: Dataset, specs: Sequence[TensorSpec], label: str) -> None
         if not _matches(array.shape[1:], spec.shape):
             raise DataError(
                 f"{label}: input expects shape {spec}, but {key!r} in {data.name} has "
-                f"shape {_shape_text(array.shape)}"
+                f"shape {shape_text(array.shape, batch=False)}"
             )
 
 
@@ -303,9 +298,9 @@ def class_labels(data: Dataset, output_shape: Shape, label: str) -> np.ndarray:
     if _matches(y.shape, as_onehot):
         return _from_onehot(data, y)
     raise DataError(
-        f"{data.name}: 'y' has shape {_shape_text(y.shape)}; {label} outputs "
-        f"{_shape_text((None, *output_shape))}, so 'y' should be class indices "
-        f"{_shape_text(as_indices)} or one-hot {_shape_text(as_onehot)}"
+        f"{data.name}: 'y' has shape {shape_text(y.shape, batch=False)}; {label} outputs "
+        f"{shape_text(output_shape)}, so 'y' should be class indices "
+        f"{shape_text(as_indices, batch=False)} or one-hot {shape_text(as_onehot, batch=False)}"
     )
 
 

@@ -1,8 +1,8 @@
 """The merged graph: the members, nested and renamed, feeding the combining layers.
 
-`build_ensemble` runs the compatibility checks (`fuse_cli.compatibility`), shares what
-members compute alike (`fuse_cli.sharing`), and wires one functional model. It works on
-in-memory `keras.Model` objects, so it serves the CLI and any Python caller alike.
+`build` wires what a `MergePlan` (`fuse_cli.planning`) decided into one functional
+model; `build_ensemble` is the same for in-memory `keras.Model` objects, for Python
+callers, checking them first as a plan does.
 """
 
 from __future__ import annotations
@@ -11,23 +11,29 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fuse_cli.choices import InputsMode, Mode
-from fuse_cli.compatibility import (
-    TO_PROBABILITIES_PREFIX,
-    InputPlan,
-    check_combination,
-)
+from fuse_cli.compatibility import TO_PROBABILITIES_PREFIX, Combination, InputPlan
 from fuse_cli.errors import UsageError
-from fuse_cli.sharing import SharingPlan, call_members, find_sharing, sharing_record
+from fuse_cli.planning import MergeOptions, check_combination
+from fuse_cli.provenance import sharing_record
+from fuse_cli.sharing import SharingPlan, call_members, find_sharing
 
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["InputsMode", "Mode", "build_ensemble", "member_names"]  # the enums: re-exported
+    from fuse_cli.planning import MergePlan
+
+__all__ = ["InputsMode", "Mode", "build", "build_ensemble", "member_names"]  # enums re-exported
 
 
 def member_names(models: Sequence[keras.Model]) -> list[str]:
     """Unique names for the nested members: `member_0_<name>`, `member_1_<name>`, ..."""
     return [f"member_{i}_{m.name}" for i, m in enumerate(models)]
+
+
+def build(plan: MergePlan) -> keras.Model:
+    """The merged model of a plan. Its members are renamed `member_<i>_<name>` in place."""
+    return _wire(plan.models, plan.weights, plan.options, plan.combination, plan.sharing,
+                 plan.provenance.to_record())
 
 
 def build_ensemble(
@@ -45,12 +51,14 @@ def build_ensemble(
     provenance: dict[str, Any] | None = None,
     share: bool | SharingPlan = True,
 ) -> keras.Model:
-    """Wrap the members in one functional model that combines their outputs.
+    """Wrap in-memory members in one functional model that combines their outputs.
+
+    The same checks as a merge's plan run first (`planning.check_combination`).
 
     Args:
         models: Two or more members. They are renamed `member_<i>_<name>` in place.
         coefficients: One normalized weight per member.
-        mode: Weighted sum or weighted product.
+        mode: The merge method's name (weighted sum or weighted product).
         inputs: Share one input set, give each member its own, or decide (`auto`).
         renormalize: Product mode: divide by the sum over the last axis.
         assume_nonnegative: Product mode: skip the last-activation check.
@@ -69,38 +77,48 @@ def build_ensemble(
         The merged model.
 
     Raises:
-        UsageError: Wrong number of coefficients, or `renormalize` with sum mode.
+        UsageError: Wrong number of coefficients, or an option the mode does not take.
         IncompatibleModelsError: Outputs or inputs that cannot be combined.
     """
-    import keras
-
-    from fuse_cli.layers import MERGE_LAYERS
-
-    labels = list(labels) if labels is not None else [m.name for m in models]
     if len(models) < 2:
         raise UsageError(f"an ensemble needs at least 2 models; got {len(models)}")
     if len(coefficients) != len(models):
         raise UsageError(f"{len(coefficients)} weights for {len(models)} models")
-    if renormalize and mode is not Mode.PRODUCT:
-        raise UsageError("--renormalize applies to --mode product only")
-    combination = check_combination(
-        models, labels, mode=mode, inputs=inputs, assume_nonnegative=assume_nonnegative,
-        allow_mixed_outputs=allow_mixed_outputs, to_probabilities=to_probabilities,
-    )
-    heads, plan = combination.heads, combination.plan
-
-    if len({id(m) for m in models}) != len(models):
-        raise UsageError("the same in-memory model was given twice; load or clone it again")
-
-    sharing = _sharing_plan(models, share) if plan.shared else None
+    options = MergeOptions(mode=mode, inputs=inputs, renormalize=renormalize,
+                           assume_nonnegative=assume_nonnegative,
+                           allow_mixed_outputs=allow_mixed_outputs,
+                           to_probabilities=to_probabilities, name=name,
+                           share=share is not False)
+    options.method.check_options(options)
+    labels = list(labels) if labels is not None else [m.name for m in models]
+    combination = check_combination(models, labels, options)
+    sharing = None
+    if combination.plan.shared and share is not False:
+        sharing = share if isinstance(share, SharingPlan) else find_sharing(models)
     if provenance is not None and "sharing" not in provenance:
         record = sharing.record() if sharing else sharing_record([], enabled=share is not False)
         provenance = {**provenance, "sharing": record}
+    return _wire(models, coefficients, options, combination, sharing, provenance)
+
+
+def _wire(
+    models: Sequence[keras.Model],
+    coefficients: Sequence[float],
+    options: MergeOptions,
+    combination: Combination,
+    sharing: SharingPlan | None,
+    provenance: dict[str, Any] | None,
+) -> keras.Model:
+    """One functional model: inputs → members (through shared segments) → combining layers."""
+    import keras
+
+    if len({id(m) for m in models}) != len(models):
+        raise UsageError("the same in-memory model was given twice; load or clone it again")
     names = member_names(models)
     for model, unique in zip(models, names, strict=True):
         model.name = unique
-
-    model_inputs = _make_inputs(plan, len(models))
+    plan = combination.plan
+    model_inputs = _make_inputs(plan)
     if sharing is not None and sharing.segments:
         own = model_inputs[0]
         results = call_members(models, names, own if len(own) > 1 else own[0], sharing)
@@ -113,19 +131,19 @@ def build_ensemble(
         _append_activations(keras.tree.flatten(result), combination.transforms[i], i)
         for i, result in enumerate(results)
     ]
-
-    layer_class = MERGE_LAYERS[mode.value]
-    extra = {"renormalize": renormalize} if mode is Mode.PRODUCT else {}
+    method = options.method
+    layer_class, extra = method.layer_class(), method.layer_arguments(options)
+    heads = len(combination.heads)
     outputs = []
-    for head in range(len(heads)):
-        layer_name = "combine" if len(heads) == 1 else f"combine_{head}"
+    for head in range(heads):
+        layer_name = "combine" if heads == 1 else f"combine_{head}"
         layer = layer_class(list(coefficients), provenance=provenance, name=layer_name, **extra)
         outputs.append(layer([outs[head] for outs in member_outputs]))
     flat_inputs = [t for group in model_inputs for t in group]
     return keras.Model(
         inputs=flat_inputs if len(flat_inputs) > 1 else flat_inputs[0],
         outputs=outputs if len(outputs) > 1 else outputs[0],
-        name=name,
+        name=options.name,
     )
 
 
@@ -145,13 +163,7 @@ def _append_activations(
     return result
 
 
-def _sharing_plan(models: Sequence[keras.Model], share: bool | SharingPlan) -> SharingPlan | None:
-    if share is False:
-        return None
-    return share if isinstance(share, SharingPlan) else find_sharing(models)
-
-
-def _make_inputs(plan: InputPlan, count: int) -> list[list[Any]]:
+def _make_inputs(plan: InputPlan) -> list[list[Any]]:
     import keras
 
     groups = []

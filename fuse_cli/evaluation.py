@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,10 @@ import keras
 import numpy as np
 
 import fuse_cli.layers  # noqa: F401  (merged models refer to its layers)
-from fuse_cli.compatibility import input_specs, output_specs
+from fuse_cli.compatibility import input_specs, output_specs, shape_text
 from fuse_cli.data import Dataset, check_inputs, class_labels, read_data
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError, first_line
-from fuse_cli.files import check_destination, check_writes
+from fuse_cli.files import Destination, check_destinations
 from fuse_cli.formats import check_keras, check_model_path, load_model
 from fuse_cli.images import (
     ImageFolder,
@@ -31,11 +31,8 @@ from fuse_cli.images import (
     read_image_folder,
 )
 from fuse_cli.predictions import Predictions, save_predictions
-from fuse_cli.report import file_labels
+from fuse_cli.report import Advance, Progress, file_labels
 from fuse_cli.search import are_probabilities, score
-
-Say = Callable[[str], None]
-Advance = Callable[[str, int, int], None]  # (model label, rows done, rows in all)
 
 BATCH_SIZE = 256  # rows of an .npz file per predict batch
 IMAGE_BATCH_SIZE = 32  # images per batch, as keras.utils.image_dataset_from_directory
@@ -257,7 +254,7 @@ def evaluate_files(
     images: ImageOptions | None = None,
     save: Path | None = None,
     force: bool = False,
-    progress: Say | None = None,
+    progress: Progress | None = None,
     advance: Advance | None = None,
 ) -> EvaluationReport:
     """Score each model (members or merged models alike) on labelled data.
@@ -289,8 +286,8 @@ def evaluate_files(
         raise UsageError("give at least one model to evaluate")
     check_batch_size(batch_size)
     if save is not None:
-        check_writes([("--save-predictions", save)], [*files, Path(data_path)])
-        check_destination(save, [], force=force)
+        check_destinations([Destination("--save-predictions", save)],
+                           [*files, Path(data_path)], force=force)
     data = read_any(data_path, images)
     for path in files:
         check_model_path(path)
@@ -334,10 +331,6 @@ def evaluate_files(
         skipped=len(data.bad) if isinstance(data, ImageFolder) else 0,
         predictions=str(save) if save is not None else None,
     )
-
-
-def shape_text(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(["None", *(str(d) for d in shape)]) + ")"
 
 
 def check_batch_size(batch_size: int | None) -> None:

@@ -9,9 +9,8 @@ renamed into place. A failed conversion or parity check leaves nothing behind.
 from __future__ import annotations
 
 import importlib
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,15 +20,16 @@ import numpy as np
 from fuse_cli.choices import ExportFormat
 from fuse_cli.compatibility import input_specs
 from fuse_cli.errors import OutputError, UsageError, VerificationError, first_line
-from fuse_cli.files import MODEL_SUFFIXES, check_output_folder, check_writes, publish
+from fuse_cli.files import MODEL_SUFFIXES, Destination, check_destinations, publish
 from fuse_cli.formats import check_keras, check_model_path, load_model
 from fuse_cli.formula import compare, run, sample_batch
-from fuse_cli.runtimes import RUNNERS, litert_interpreter, quiet_native_logs
+from fuse_cli.native import quiet_native_logs
+from fuse_cli.report import Progress
+from fuse_cli.runtimes import RUNNERS, litert_interpreter
 
 if TYPE_CHECKING:
     import keras
 
-Progress = Callable[[str], None]
 
 # Artifact vs Keras model on the check batch: |a - k| <= ATOL + RTOL * |k| (float32).
 PARITY_ATOL = 1e-5
@@ -114,16 +114,14 @@ def _importable(module: str) -> bool:
     return True
 
 
-def check_artifact_path(
-    out: Path, fmt: ExportFormat, inputs: Sequence[Path], *, force: bool
-) -> None:
-    """Check an artifact's destination before any model is loaded.
+def check_artifact(fmt: ExportFormat, out: Path, *, verify: bool = True) -> None:
+    """What can be checked of one artifact before anything loads: its packages and its
+    extension (its path is checked with every other destination, `files.check_destinations`).
 
     Raises:
-        UsageError: The extension does not fit the format.
-        OutputError: Folder missing or not writable, PATH exists without `force`, is
-            an input, or is a directory that `--force` would not safely replace.
+        UsageError: A missing package, or an extension that does not fit the format.
     """
+    check_requirements(fmt, verify=verify)
     suffix = out.suffix.lower()
     if fmt is ExportFormat.SAVED_MODEL:
         if suffix in (*MODEL_SUFFIXES, *_SUFFIXES.values()):
@@ -135,42 +133,11 @@ def check_artifact_path(
             f"{out}: --format {fmt.value} writes a {_SUFFIXES[fmt]} file; "
             f"got {out.suffix or 'no extension'!r}"
         )
-    check_output_folder(out, inputs)
-    if not (out.exists() or out.is_symlink()):
-        return
-    if not force:
-        raise OutputError(f"{out}: already exists; pass --force to replace it")
-    if out.is_dir() and not out.is_symlink():
-        if fmt is not ExportFormat.SAVED_MODEL:
-            raise OutputError(f"{out}: is a directory")
-        if any(out.iterdir()) and not (out / "saved_model.pb").is_file():
-            raise OutputError(
-                f"{out}: is a folder that holds no SavedModel; --force replaces only a "
-                "SavedModel folder (or an empty one)"
-            )
 
 
-def plan_exports(
-    source: Path,
-    requests: Sequence[tuple[ExportFormat, Path]],
-    *,
-    force: bool = False,
-    verify: bool = True,
-) -> None:
-    """Check every requested artifact (packages, paths) before any model is loaded.
-
-    Raises:
-        UsageError: A missing package, a bad extension, or a path asked for twice.
-        OutputError: A destination that cannot be written.
-    """
-    seen: dict[Path, ExportFormat] = {}
-    for fmt, out in requests:
-        key = Path(os.path.abspath(out))
-        if key in seen:
-            raise UsageError(f"{out}: asked for twice ({seen[key].value} and {fmt.value})")
-        seen[key] = fmt
-        check_requirements(fmt, verify=verify)
-        check_artifact_path(out, fmt, [source], force=force)
+def artifact_destination(option: str, fmt: ExportFormat, out: Path) -> Destination:
+    """The destination of one artifact, for `files.check_destinations`."""
+    return Destination(option, out, folder=fmt is ExportFormat.SAVED_MODEL)
 
 
 def export_file(
@@ -203,11 +170,12 @@ def export_file(
     source = Path(source)
     say = progress or (lambda _message: None)
     targets = [(fmt, Path(out)) for fmt, out in requests]
-    check_writes([(f"--format {fmt.value} -o", out) for fmt, out in targets], [source])
-    plan_exports(source, targets, force=force, verify=verify)
+    for fmt, out in targets:
+        check_artifact(fmt, out, verify=verify)
+    check_destinations([artifact_destination(f"--format {fmt.value} -o", fmt, out)
+                        for fmt, out in targets], [source], force=force)
     check_model_path(source)
     check_keras()
-    import fuse_cli.layers  # noqa: F401  (merged files refer to the combining layers)
 
     say(f"loading {source}")
     model = load_model(source, unsafe=unsafe).model

@@ -18,6 +18,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fuse_cli.errors import OutputError, UsageError
@@ -51,9 +52,74 @@ def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
     return os.path.realpath(path), inode
 
 
+@dataclass(frozen=True)
+class Destination:
+    """One path a command will write, as the user named it.
+
+    Attributes:
+        option: The option that names it (`-o`, `--export onnx`, `--plot`, ...).
+        path: Where it goes.
+        folder: The content is a folder (a SavedModel): `--force` replaces only a
+            SavedModel folder or an empty one.
+    """
+
+    option: str
+    path: Path
+    folder: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.option} {self.path}"
+
+
+def check_destinations(
+    destinations: Sequence[Destination], inputs: Sequence[Path], *, force: bool
+) -> list[bool]:
+    """The one check of every path a command writes, before anything is loaded.
+
+    Each destination's folder must exist and be writable; it must be none of the inputs
+    (by identity: through symlinks and hard links), hold none of them, carry no input's
+    name as its temporary, and be written once; an existing file is replaced only with
+    `force`.
+
+    Args:
+        destinations: Every path the command will write.
+        inputs: Every file the command reads (models, `--data`, `--predictions`).
+        force: Replace what exists.
+
+    Returns:
+        For each destination, whether it replaces something that exists.
+
+    Raises:
+        OutputError: One line naming the option, the path and the reason.
+    """
+    replaces = []
+    for dest in destinations:
+        folder = folder_of(dest.path)
+        if not folder.is_dir():
+            raise OutputError(f"{dest}: output folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"{dest}: output folder {folder} is not writable")
+    check_writes([(d.option, d.path) for d in destinations], inputs)
+    for dest in destinations:
+        out = dest.path
+        exists = out.exists() or out.is_symlink()
+        if out.is_dir() and not out.is_symlink() and not dest.folder:
+            raise OutputError(f"{dest}: is a directory")
+        if exists and not force:
+            raise OutputError(f"{dest}: already exists; pass --force to replace it")
+        if dest.folder and out.is_dir() and not out.is_symlink() and any(out.iterdir()) \
+                and not (out / "saved_model.pb").is_file():
+            raise OutputError(
+                f"{dest}: is a folder that holds no SavedModel; --force replaces only a "
+                "SavedModel folder (or an empty one)"
+            )
+        replaces.append(exists)
+    return replaces
+
+
 def check_writes(outputs: Sequence[tuple[str, Path]], inputs: Sequence[Path]) -> None:
     """Check every path a command will write against every input and each other, by
-    identity (through symlinks and hard links), before anything is loaded.
+    identity (through symlinks and hard links); part of `check_destinations`.
 
     Args:
         outputs: `(option, path)` for each destination (`-o`, each `--export`
@@ -96,51 +162,17 @@ def _temporary_of(path: Path, out: Path) -> bool:
     return same_folder and _temporary_pattern(out).match(path.name) is not None
 
 
-def check_output_folder(out: Path, inputs: Sequence[Path]) -> None:
-    """Check that `out` can be created: its folder exists and is writable, and it is
-    none of the inputs.
+def check_model_suffix(out: Path, option: str = "-o") -> None:
+    """A merged model is written as `.keras` (default format), `.h5` or `.hdf5`.
 
     Raises:
-        OutputError: Naming the folder or the input.
-    """
-    folder = folder_of(out)
-    if not folder.is_dir():
-        raise OutputError(f"{out}: output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{out}: output folder {folder} is not writable")
-    for source in inputs:
-        if same_file(out, source):
-            raise OutputError(f"{out}: is also an input; fuse never overwrites its inputs")
-
-
-def check_output(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
-    """Check a merged model's output path before any model is loaded.
-
-    Raises:
-        UsageError: Unknown output extension.
-        OutputError: Folder missing or not writable, OUT exists without `force`,
-            OUT is a directory, or OUT is one of the inputs.
+        UsageError: Any other extension.
     """
     if out.suffix.lower() not in MODEL_SUFFIXES:
         raise UsageError(
-            f"{out}: output must end in .keras (default format), .h5 or .hdf5; "
+            f"{option} {out}: output must end in .keras (default format), .h5 or .hdf5; "
             f"got {out.suffix or 'no extension'!r}"
         )
-    check_destination(out, inputs, force=force)
-
-
-def check_destination(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
-    """Check that a file can be written at `out` before anything is loaded.
-
-    Raises:
-        OutputError: Folder missing or not writable, `out` exists without `force`,
-            is a directory, or is one of the inputs.
-    """
-    check_output_folder(out, inputs)
-    if out.is_dir():
-        raise OutputError(f"{out}: is a directory")
-    if (out.exists() or out.is_symlink()) and not force:
-        raise OutputError(f"{out}: already exists; pass --force to replace it")
 
 
 def publish(

@@ -20,6 +20,7 @@ from fuse_cli.compatibility import TensorSpec, input_specs
 from fuse_cli.errors import IncompatibleModelsError, ModelLoadError, VerificationError
 from fuse_cli.formats._keras_private import node_outputs
 from fuse_cli.formats.screening import size_text
+from fuse_cli.methods import method_for
 
 if TYPE_CHECKING:
     import keras
@@ -42,7 +43,6 @@ MAX_SAMPLE_BYTES = 64 * 1024**2
 # model has big activations; a 13 KB file that upsamples to gigabytes does not).
 MAX_ACTIVATION_BYTES = 1024**3
 ACTIVATIONS_PER_WEIGHT_BYTE = 16
-_TINY = np.float32(1.1754944e-38)
 
 
 def sample_bytes(specs: Sequence[TensorSpec], what: str = "the model") -> int:
@@ -106,6 +106,16 @@ def batch_size(
     values = sum(math.prod(FREE_DIM if d is None else d for d in spec.shape) for spec in specs)
     fits = MAX_ACTIVATION_BYTES // max(1, per_sample)
     return max(1, min(BATCH, MAX_BATCH_VALUES // max(1, values), fits))
+
+
+def check_batch_bound(model: keras.Model, what: str) -> None:
+    """A model's check batch must be numeric and bounded (see `batch_size`): said before
+    anything is built.
+
+    Raises:
+        IncompatibleModelsError, ModelLoadError: See `batch_size`.
+    """
+    batch_size(input_specs(model), what, model)
 
 
 def weight_bytes(model: keras.Model) -> int:
@@ -203,14 +213,7 @@ def reference(
         ys = [np.asarray(outs[head], dtype=np.float64) for outs in member_outputs]
         if transforms is not None:
             ys = [apply_activation(y, added[head]) for y, added in zip(ys, transforms, strict=True)]
-        if mode is Mode.SUM:
-            y = sum(c * y_i for c, y_i in zip(coefficients, ys, strict=True))
-        else:
-            with np.errstate(invalid="ignore"):  # negatives give NaN, reported by compare()
-                y = np.prod([y_i**c for c, y_i in zip(coefficients, ys, strict=True)], axis=0)
-            if renormalize:
-                y = y / np.maximum(y.sum(axis=-1, keepdims=True), _TINY)
-        heads.append(np.asarray(y))
+        heads.append(method_for(mode).combine(ys, coefficients, renormalize))
     return heads
 
 
@@ -309,5 +312,3 @@ def check_formula(
     expected = reference(outputs, coefficients, mode, renormalize, transforms)
     return compare(run(merged, batch), expected, what)
 
-
-# --- fuse verify -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ or, with `skip_bad`, is counted and left out of every model's scores.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,11 @@ import numpy as np
 
 from fuse_cli.compatibility import TensorSpec
 from fuse_cli.errors import DataError, DataLoadError, IncompatibleModelsError, first_line
+from fuse_cli.report import Advance
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # keras.utils.image_dataset...
 CHANNELS = {1: "grayscale", 3: "rgb", 4: "rgba"}
 
-Advance = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

@@ -7,20 +7,17 @@ a merged file says about itself (its combining layers and their provenance), for
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from fuse_cli.choices import InputsMode
+from fuse_cli.choices import InputsMode, Mode
 from fuse_cli.compatibility import (
     TO_PROBABILITIES_PREFIX,
-    check_nonnegative,
-    check_output_kinds,
     check_outputs,
     input_specs,
     last_activations,
@@ -29,10 +26,18 @@ from fuse_cli.compatibility import (
 )
 from fuse_cli.errors import IncompatibleModelsError
 from fuse_cli.formats import LoadedModel, load_models
-from fuse_cli.layers import MERGE_LAYERS
-from fuse_cli.report import file_labels
+from fuse_cli.formats._keras_private import inbound_nodes, keras_history
+from fuse_cli.methods import METHODS, method_for
+from fuse_cli.planning import MergeOptions
+from fuse_cli.provenance import (
+    numbers_or_none,
+    raw_record,
+    recorded_members,
+    recorded_sharing,
+    text_or_none,
+)
+from fuse_cli.report import Progress, file_labels
 
-Progress = Callable[[str], None]
 _MEMBER = re.compile(r"^member_(\d+)_")
 
 
@@ -95,9 +100,12 @@ class Compatibility:
     reason: str | None
     product: bool
     product_reason: str | None
-    # Sum mode: why probabilities and raw scores cannot be added as they are (then
-    # `mergeable` is False and `reason` says the same), or None.
-    mixed_outputs: str | None = None
+
+    @property
+    def mixed_outputs(self) -> str | None:
+        """Sum mode: why the outputs cannot be added as they are (`reason`, kept in the
+        JSON report under this name too)."""
+        return self.reason
 
 
 @dataclass
@@ -109,7 +117,10 @@ class InspectReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of every field."""
-        return asdict(self)
+        data = asdict(self)
+        if self.compatibility is not None:
+            data["compatibility"]["mixed_outputs"] = self.compatibility.mixed_outputs
+        return data
 
 
 def inspect_files(
@@ -168,42 +179,38 @@ def _output_names(model: keras.Model) -> list[str]:
     """Each output named by the layer that produces it (`dense_1`, `combine`)."""
     names = []
     for tensor in model.outputs:
-        history = getattr(tensor, "_keras_history", None)
+        history = keras_history(tensor)
         names.append(str(history[0].name) if history else str(tensor.name))
     return names
 
 
 def check_compatibility(models: Sequence[keras.Model], labels: Sequence[str]) -> Compatibility:
-    """Run `merge`'s output and input checks (and product mode's sign check), building nothing."""
+    """Run `merge`'s output and input checks, and each method's own, building nothing."""
     try:
         heads = check_outputs(models, labels)
     except IncompatibleModelsError as exc:
         return Compatibility(False, None, [], str(exc), False, None)
     plan = plan_inputs(models, labels, InputsMode.AUTO)
-    product_reason = None
-    try:
-        check_nonnegative(models, labels, assume=False)
-    except IncompatibleModelsError as exc:
-        product_reason = str(exc)
-    mixed = None
-    try:
-        check_output_kinds(models, labels)
-    except IncompatibleModelsError as exc:
-        mixed = str(exc)
+    refused: dict[str, str | None] = {}
+    for name in METHODS:
+        try:
+            method_for(name).check_members(models, labels, MergeOptions(mode=Mode(name)))
+            refused[name] = None
+        except IncompatibleModelsError as exc:
+            refused[name] = str(exc)
     return Compatibility(
-        mergeable=mixed is None,
+        mergeable=refused["sum"] is None,
         inputs="shared" if plan.shared else "separate",
         outputs=[str(h) for h in heads],
-        reason=mixed,
-        product=product_reason is None,
-        product_reason=product_reason,
-        mixed_outputs=mixed,
+        reason=refused["sum"],
+        product=refused["product"] is None,
+        product_reason=refused["product"],
     )
 
 
 def combining_layers(model: keras.Model) -> list[Any]:
-    """The fuse combining layers (WeightedSum, WeightedProduct) of a merged model."""
-    classes = tuple(MERGE_LAYERS.values())
+    """The fuse combining layers (one merge method's layer) of a merged model."""
+    classes = tuple(method.layer_class() for method in METHODS.values())
     return [layer for layer in model.layers if isinstance(layer, classes)]
 
 
@@ -225,10 +232,10 @@ def appended_activations(layers: Sequence[Any], count: int) -> list[list[str | N
     """
     found: list[list[str | None]] = [[None] * len(layers) for _ in range(count)]
     for head, layer in enumerate(layers):
-        nodes = getattr(layer, "_inbound_nodes", None) or []
+        nodes = inbound_nodes(layer)
         tensors = list(getattr(nodes[0], "input_tensors", [])) if nodes else []
         for i, tensor in enumerate(tensors[:count]):
-            history = getattr(tensor, "_keras_history", None)
+            history = keras_history(tensor)
             source = history[0] if history else None
             if source is not None and str(source.name).startswith(TO_PROBABILITIES_PREFIX):
                 activation = getattr(source, "activation", None)
@@ -238,115 +245,48 @@ def appended_activations(layers: Sequence[Any], count: int) -> list[list[str | N
 
 
 def mode_of(layer: Any) -> str:
-    """`"sum"` or `"product"`: which combining layer `layer` is."""
-    return next(mode for mode, cls in MERGE_LAYERS.items() if isinstance(layer, cls))
+    """The name of the merge method whose combining layer `layer` is."""
+    return next(name for name, method in METHODS.items()
+                if isinstance(layer, method.layer_class()))
 
 
 def read_ensemble(model: keras.Model) -> EnsembleInfo | None:
     """What a merged model records about itself, or None for a model fuse did not merge.
 
     The provenance is data from the file: each field is used only if it has the type
-    fuse writes (a value of another type counts as not recorded).
+    fuse writes (`fuse_cli.provenance`; a value of another type counts as not recorded).
     """
     layers = combining_layers(model)
     if not layers:
         return None
     first = layers[0]
-    provenance = recorded_provenance(first)
+    raw = raw_record(first)
     members = embedded_members(model)
-    recorded = provenance.get("members")
-    entries = recorded if isinstance(recorded, list) else []
     appended = appended_activations(layers, len(members))
     infos = []
-    for i, member in enumerate(members):
-        entry = entries[i] if i < len(entries) and isinstance(entries[i], dict) else {}
-        migrations = entry.get("migrations")
+    for i, (member, entry) in enumerate(zip(members, recorded_members(raw, len(members)),
+                                            strict=True)):
         infos.append({
             "index": i,
             "layer": member.name,
-            "file": text_or_none(entry.get("file")),
-            "name": text_or_none(entry.get("name")),
-            "sha256": text_or_none(entry.get("sha256")),
-            "migrations": [m for m in migrations if isinstance(m, str)]
-            if isinstance(migrations, list) else [],
+            "file": entry.file,
+            "name": entry.name,
+            "sha256": entry.sha256,
+            "migrations": list(entry.migrations),
             "last_activations": last_activations(member),
             "to_probabilities": appended[i] if any(appended[i]) else [],
         })
     shared = bool(members) and len(model.inputs) == len(members[0].inputs)
-    tuning = provenance.get("tuning")
+    tuning = raw.get("tuning")
     return EnsembleInfo(
         mode=mode_of(first),
         weights=list(first.coefficients),
         renormalize=bool(getattr(first, "renormalize", False)),
         inputs="shared" if shared else "separate",
         heads=len(layers),
-        weights_given=numbers_or_none(provenance.get("weights_given")),
-        tool=text_or_none(provenance.get("tool")),
+        weights_given=numbers_or_none(raw.get("weights_given")),
+        tool=text_or_none(raw.get("tool")),
         members=infos,
         tuning=tuning if isinstance(tuning, dict) else None,
-        sharing=recorded_sharing(provenance.get("sharing")),
+        sharing=recorded_sharing(raw.get("sharing")),
     )
-
-
-def recorded_provenance(layer: Any) -> dict[str, Any]:
-    """A combining layer's provenance, or `{}` if it is not a dict."""
-    provenance = getattr(layer, "provenance", None)
-    return provenance if isinstance(provenance, dict) else {}
-
-
-def text_or_none(value: Any) -> str | None:
-    """`value` if it is text, else None (a recorded value of the wrong type)."""
-    return value if isinstance(value, str) else None
-
-
-def numbers_or_none(value: Any) -> list[float] | None:
-    """`value` as a list of finite numbers, or None if it is anything else."""
-    if not isinstance(value, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-        for v in value
-    ):
-        return None
-    return [float(v) for v in value]
-
-
-_SEGMENT_FIELDS: dict[str, tuple[type, ...]] = {
-    "name": (str,),
-    "members": (list,),
-    "after": (str, type(None)),
-    "layers": (list,),
-    "layer_count": (int,),
-    "params": (int,),
-    "weight_bytes": (int,),
-}
-
-
-def recorded_sharing(record: Any) -> dict[str, Any] | None:
-    """The provenance's `sharing` entry, type-checked field by field (it is file data).
-
-    Returns:
-        `enabled`, `segments` (each with the fields above), `params_saved` and
-        `bytes_saved`, or None when the file records no (readable) sharing entry.
-    """
-    if not isinstance(record, dict) or not isinstance(record.get("segments"), list):
-        return None
-    segments = []
-    for entry in record["segments"]:
-        if not isinstance(entry, dict) or not all(
-            isinstance(entry.get(key), kinds) for key, kinds in _SEGMENT_FIELDS.items()
-        ):
-            return None
-        if not all(_is_int(i) for i in entry["members"]) or not all(
-            isinstance(name, str) for name in entry["layers"]
-        ):
-            return None
-        segments.append({key: entry[key] for key in _SEGMENT_FIELDS})
-    saved = {k: record.get(k) for k in ("params_saved", "bytes_saved")}
-    return {
-        "enabled": bool(record.get("enabled")),
-        "segments": segments,
-        **{k: v if _is_int(v) else None for k, v in saved.items()},
-    }
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

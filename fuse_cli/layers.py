@@ -1,8 +1,11 @@
-"""The layers that combine member outputs in a merged model.
+"""The layers that combine member outputs in a merged model, one per merge method.
 
 A merged `.keras` or `.h5` file refers to these layers by their registered names
 (`fuse>WeightedSum`, `fuse>WeightedProduct`), so loading one needs
-`import fuse_cli.layers` first and no `custom_objects`.
+`import fuse_cli.layers` first and no `custom_objects` (fuse's own loader does it).
+As Keras's merging layers share `Merge`, these share `_WeightedMerge`: the base checks
+the inputs against the coefficients and keeps the config; each layer supplies only
+`_merge_function`.
 """
 
 from __future__ import annotations
@@ -43,12 +46,16 @@ class _WeightedMerge(keras.layers.Layer):
             )
         self.provenance = provenance
 
-    def _check_inputs(self, inputs: list[Any]) -> None:
+    def call(self, inputs: list[Any]) -> Any:
         if len(inputs) != len(self.coefficients):
             raise ValueError(
                 f"{type(self).__name__} has {len(self.coefficients)} coefficients "
                 f"but received {len(inputs)} inputs."
             )
+        return self._merge_function(inputs)
+
+    def _merge_function(self, inputs: list[Any]) -> Any:
+        raise NotImplementedError
 
     def compute_output_shape(self, input_shape: list[tuple[int | None, ...]]) -> Any:
         return input_shape[0]
@@ -69,8 +76,7 @@ class WeightedSum(_WeightedMerge):
         **kwargs: Standard layer arguments.
     """
 
-    def call(self, inputs: list[Any]) -> Any:
-        self._check_inputs(inputs)
+    def _merge_function(self, inputs: list[Any]) -> Any:
         total = inputs[0] * self.coefficients[0]
         for x, c in zip(inputs[1:], self.coefficients[1:], strict=True):
             total = total + x * c
@@ -101,8 +107,7 @@ class WeightedProduct(_WeightedMerge):
         super().__init__(coefficients, provenance=provenance, **kwargs)
         self.renormalize = bool(renormalize)
 
-    def call(self, inputs: list[Any]) -> Any:
-        self._check_inputs(inputs)
+    def _merge_function(self, inputs: list[Any]) -> Any:
         # power(x, 0) is 1 even for x == 0, so a zero weight drops its member cleanly,
         # which exp(sum(c * log(x))) would turn into NaN.
         result = ops.power(inputs[0], self.coefficients[0])
@@ -117,13 +122,6 @@ class WeightedProduct(_WeightedMerge):
         config = super().get_config()
         config["renormalize"] = self.renormalize
         return config
-
-
-MERGE_LAYERS: dict[str, type[_WeightedMerge]] = {
-    "sum": WeightedSum,
-    "product": WeightedProduct,
-}
-"""The combining layer for each `--mode`."""
 
 
 @keras.saving.register_keras_serializable(package="fuse")

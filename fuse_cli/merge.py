@@ -1,91 +1,53 @@
-"""`fuse merge` as a library call: files in, one verified merged file out."""
+"""`fuse merge` as a library call: plan once (`fuse_cli.planning`), then execute.
+
+`merge_files` checks the request (options, weights, every destination), loads the
+members, makes the plan, and executes it: build the graph (`fuse_cli.ensemble`), write
+OUT through `files.publish`, reload it and prove it computes the formula before it
+takes OUT's place, then export any artifacts from the model verification reloaded.
+`dry_run` stops after the plan; `merge_loaded` starts from loaded members; `fuse tune`
+executes a plan with the weights it chose.
+"""
 
 from __future__ import annotations
 
-import re
 import time
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fuse_cli import __version__
-from fuse_cli.choices import ExportFormat, InputsMode, Mode
-from fuse_cli.compatibility import (
-    Combination,
-    check_combination,
-    input_specs,
-    last_activations,
-    output_kind,
-    output_specs,
+from fuse_cli.compatibility import input_specs, last_activations, output_kind, output_specs
+from fuse_cli.ensemble import build
+from fuse_cli.export import export_model
+from fuse_cli.formats import LoadedModel, load_model, load_models, save_model
+from fuse_cli.formula import check_formula
+from fuse_cli.planning import (
+    MergeOptions,
+    MergePlan,
+    Request,
+    check_options,
+    check_request,
+    make_plan,
     resolve_weights,
 )
-from fuse_cli.ensemble import build_ensemble
-from fuse_cli.errors import UsageError
-from fuse_cli.export import artifact_path, export_model, plan_exports
-from fuse_cli.files import check_output, check_writes, publish
-from fuse_cli.formats import LoadedModel, cache_keras_skipsets, load_model, load_models
-from fuse_cli.formula import batch_size, check_formula
-from fuse_cli.report import MemberReport, MergePlan, MergeReport, file_labels, formula_text
-from fuse_cli.sharing import find_sharing, sharing_record
+from fuse_cli.report import MemberReport, MergeReport, PlanReport, Progress
 
 if TYPE_CHECKING:
     import keras
 
-Progress = Callable[[str], None]
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-_CODE_LAYERS = ("Lambda", "TFOpLambda")
 
-
-@dataclass
-class MergeOptions:
-    """The options of `fuse merge` (DESIGN §1), with the same defaults."""
-
-    mode: Mode = Mode.SUM
-    weight: float | None = None
-    weights: Sequence[float] | None = None
-    inputs: InputsMode = InputsMode.AUTO
-    renormalize: bool = False
-    assume_nonnegative: bool = False
-    # Sum mode: add probabilities and raw scores as they are.
-    allow_mixed_outputs: bool = False
-    # Append softmax (sigmoid for one unit) to raw-score members before combining.
-    to_probabilities: bool = False
-    name: str = "ensemble"
-    force: bool = False
-    verify: bool = True
-    unsafe: bool = False
-    # Compute what members fed one input have in common once (`--no-share`: off).
-    share: bool = True
-    # `--export`: deployable artifacts written beside OUT once it is verified.
-    exports: Sequence[ExportFormat] = ()
-    # Keep the exporters' native log lines off stderr (off with --debug).
-    quiet: bool = True
-    # More provenance to record (e.g. `tuning` from `fuse tune`); never replaces a
-    # standard key.
-    extra_provenance: dict[str, Any] | None = None
-
-
-def check_options(count: int, options: MergeOptions) -> tuple[list[float], list[float]]:
-    """Check what can be checked without loading anything.
-
-    Returns:
-        The weights as given and normalized.
-
-    Raises:
-        UsageError: Bad weights, name, or option combination.
-    """
-    given, normalized = resolve_weights(count, options.weight, options.weights)
-    if options.renormalize and options.mode is not Mode.PRODUCT:
-        raise UsageError("--renormalize applies to --mode product only")
-    if options.allow_mixed_outputs and options.mode is not Mode.SUM:
-        raise UsageError("--allow-mixed-outputs applies to --mode sum only")
-    if not _NAME.match(options.name):
-        raise UsageError(
-            f"--name {options.name!r}: use letters, digits, '_', '.' or '-' (at most 128)"
-        )
-    return given, normalized
+__all__ = [
+    "MergeOptions",
+    "MergePlan",
+    "Progress",
+    "check_options",
+    "dry_run",
+    "execute",
+    "merge_files",
+    "merge_loaded",
+    "merge_request",
+    "plan_request",
+    "resolve_weights",
+]
 
 
 def merge_files(
@@ -109,42 +71,29 @@ def merge_files(
         FuseError: A subclass carrying the exit code (DESIGN §5).
     """
     start = time.perf_counter()
-    options = options or MergeOptions()
-    files = [Path(p) for p in paths]
-    say = progress or (lambda _message: None)
-
-    out = Path(out)
-    requests = _check_paths(files, out, options)
-    loaded = load_models(files, unsafe=options.unsafe, progress=say)
-    report, written = _merge_and_write(loaded, out, options, progress=progress, start=start)
-    for fmt, path in requests:
-        # From the model verification reloaded from OUT (or, with --no-verify, the one
-        # just saved): OUT is not loaded a second time for the artifacts.
-        say(f"exporting {path} ({fmt.value})")
-        report.exports.append(
-            export_model(written, fmt, path, verify=options.verify, quiet=options.quiet)
-        )
-    return report
+    request = check_request([Path(p) for p in paths], Path(out), options or MergeOptions())
+    return merge_request(request, progress=progress, start=start)
 
 
-def plan_merge(
+def merge_request(
+    request: Request, progress: Progress | None = None, start: float | None = None
+) -> MergeReport:
+    """Load the members of a checked request (`planning.check_request`), plan, execute."""
+    loaded = load_models(request.files, unsafe=request.options.unsafe, progress=progress)
+    return execute(make_plan(request, loaded), progress=progress, start=start)
+
+
+def dry_run(
     paths: Sequence[str | Path],
     out: str | Path,
     options: MergeOptions | None = None,
     progress: Progress | None = None,
-) -> MergePlan:
-    """`fuse merge --dry-run`: load and check everything `merge_files` would, write nothing.
+) -> PlanReport:
+    """`fuse merge --dry-run`: make the plan `merge_files` would execute, write nothing.
 
-    The options, OUT and every `--export` destination, every member file, and the
-    checks on outputs, output kinds, signs (product mode) and inputs run exactly as in
-    `merge_files`, so a plan that comes back means the real merge gets as far as
-    writing; a failure raises the same error (exit 2, 3, 4 or 5).
-
-    Args:
-        paths: Two or more model files (`.keras` or legacy HDF5).
-        out: Where the merged model would go.
-        options: Mode, weights and the rest; defaults to an equal-weight sum.
-        progress: Called with a short description before each slow step.
+    The same steps run as in `merge_files`, once each, so a plan that comes back means
+    the real merge gets as far as writing; a failure raises the same error (exit 2, 3,
+    4 or 5).
 
     Returns:
         The plan: members, input plan, formula, and where each file would go.
@@ -153,67 +102,17 @@ def plan_merge(
         FuseError: A subclass carrying the exit code (DESIGN §5).
     """
     start = time.perf_counter()
-    options = options or MergeOptions()
-    files = [Path(p) for p in paths]
-    out = Path(out)
-    requests = _check_paths(files, out, options)
-    loaded = load_models(files, unsafe=options.unsafe, progress=progress or (lambda _m: None))
-    given, normalized = check_options(len(loaded), options)
-    labels = file_labels(files)
-    combination = _check_members(loaded, labels, options)
-    transforms = combination.transforms
-    members = [
-        _member_report(m, lab, g, w, t)
-        for m, lab, g, w, t in zip(loaded, labels, given, normalized, transforms, strict=True)
-    ]
-    return MergePlan(
-        output=str(out),
-        replaces=out.exists(),
-        mode=options.mode.value,
-        formula=formula_text(labels, normalized, options.mode.value, options.renormalize,
-                             transforms),
-        inputs="shared" if combination.plan.shared else "separate",
-        input_shapes=[[str(spec) for spec in group] for group in combination.plan.specs],
-        output_shapes=[str(head) for head in combination.heads],
-        renormalize=options.renormalize,
-        members=members,
-        verify=options.verify,
-        exports=[{"format": fmt.value, "path": str(path), "replaces": path.exists()}
-                 for fmt, path in requests],
-        elapsed_seconds=time.perf_counter() - start,
-        warnings=_unsafe_warnings(loaded, labels) if options.unsafe else [],
-    )
+    request = check_request([Path(p) for p in paths], Path(out), options or MergeOptions())
+    return plan_request(request, progress=progress, start=start)
 
 
-def _check_paths(
-    files: Sequence[Path], out: Path, options: MergeOptions
-) -> list[tuple[ExportFormat, Path]]:
-    """The checks before any model loads: options, OUT, and every `--export` artifact."""
-    check_options(len(files), options)
-    check_output(out, files, force=options.force)
-    requests = [(fmt, artifact_path(out, fmt)) for fmt in dict.fromkeys(options.exports)]
-    check_writes([("-o", out), *((f"--export {fmt.value}", p) for fmt, p in requests)], files)
-    plan_exports(out, requests, force=options.force, verify=options.verify)
-    return requests
-
-
-def _check_members(
-    loaded: Sequence[LoadedModel], labels: Sequence[str], options: MergeOptions
-) -> Combination:
-    """Every check on the loaded members, before anything is built (and in a dry run)."""
-    combination = check_combination(
-        [m.model for m in loaded],
-        labels,
-        mode=options.mode,
-        inputs=options.inputs,
-        assume_nonnegative=options.assume_nonnegative,
-        allow_mixed_outputs=options.allow_mixed_outputs,
-        to_probabilities=options.to_probabilities,
-    )
-    if options.verify:  # the check batch must be numeric and bounded: say so before building
-        for m in loaded:
-            batch_size(input_specs(m.model), str(m.path), m.model)
-    return combination
+def plan_request(
+    request: Request, progress: Progress | None = None, start: float | None = None
+) -> PlanReport:
+    """Load the members of a checked request and make the plan, writing nothing."""
+    start = time.perf_counter() if start is None else start
+    loaded = load_models(request.files, unsafe=request.options.unsafe, progress=progress)
+    return describe(make_plan(request, loaded), time.perf_counter() - start)
 
 
 def merge_loaded(
@@ -241,204 +140,115 @@ def merge_loaded(
     Raises:
         FuseError: A subclass carrying the exit code (DESIGN §5).
     """
-    report, _written = _merge_and_write(loaded, out, options, progress=progress, start=start)
-    return report
+    request = check_request([m.path for m in loaded], Path(out), options or MergeOptions())
+    return execute(make_plan(request, loaded), progress=progress, start=start)
 
 
-def _merge_and_write(
-    loaded: Sequence[LoadedModel],
-    out: str | Path,
-    options: MergeOptions | None = None,
-    progress: Progress | None = None,
-    start: float | None = None,
-) -> tuple[MergeReport, keras.Model]:
-    """`merge_loaded`, also returning the model as written: the one verification
-    reloaded from the file, or the one saved when verification is off."""
+def execute(
+    plan: MergePlan, progress: Progress | None = None, start: float | None = None
+) -> MergeReport:
+    """Build, write, verify and export what `plan` says; every check has run already.
+
+    Returns:
+        The report; its `exports` lists the artifacts written beside OUT.
+
+    Raises:
+        OutputError: OUT or an artifact cannot be written.
+        VerificationError: The written file does not compute the formula (OUT is left
+            as it was).
+    """
     start = time.perf_counter() if start is None else start
-    options = options or MergeOptions()
-    out = Path(out)
     say = progress or (lambda _message: None)
-    given, normalized = check_options(len(loaded), options)
-    check_output(out, [m.path for m in loaded], force=options.force)
-
-    labels = file_labels([m.path for m in loaded])
-    warnings = _unsafe_warnings(loaded, labels) if options.unsafe else []
-    combination = _check_members(loaded, labels, options)
-    plan, transforms = combination.plan, combination.transforms
-    members = [
-        _member_report(m, lab, g, w, t)
-        for m, lab, g, w, t in zip(loaded, labels, given, normalized, transforms, strict=True)
-    ]
-    models = [m.model for m in loaded]
-    provenance = _provenance(loaded, labels, given, normalized, options, plan.shared,
-                             transforms)
-    sharing = find_sharing(models) if options.share and plan.shared else None
-    provenance["sharing"] = (
-        sharing.record() if sharing else sharing_record([], enabled=options.share)
-    )
-
+    options, out = plan.options, plan.output
+    members = member_reports(plan)  # before the build renames the members in place
     say("building the ensemble")
-    merged = build_ensemble(
-        models,
-        normalized,
-        mode=options.mode,
-        inputs=InputsMode.SHARED if plan.shared else InputsMode.SEPARATE,
-        renormalize=options.renormalize,
-        assume_nonnegative=options.assume_nonnegative,
-        allow_mixed_outputs=options.allow_mixed_outputs,
-        to_probabilities=options.to_probabilities,
-        name=options.name,
-        labels=labels,
-        provenance=provenance,
-        share=sharing if sharing is not None else False,
-    )
-
+    merged = build(plan)
     errors: list[float] = []
-    reloaded_models: list[keras.Model] = []
+    reloaded: list[keras.Model] = []
 
     def verify(written: Path) -> None:
         say(f"verifying {out}")
-        reloaded = load_model(written, unsafe=options.unsafe).model
-        reloaded_models.append(reloaded)
-        errors.append(
-            check_formula(
-                reloaded,
-                models,
-                normalized,
-                options.mode,
-                renormalize=options.renormalize,
-                shared_inputs=plan.shared,
-                transforms=transforms,
-                what=str(out),
-            )
-        )
+        model = load_model(written, unsafe=options.unsafe).model
+        reloaded.append(model)
+        errors.append(check_formula(
+            model, plan.models, plan.weights, options.mode,
+            renormalize=options.renormalize, shared_inputs=plan.combination.plan.shared,
+            transforms=plan.combination.transforms, what=str(out),
+        ))
 
     say(f"writing {out}")
     size = save_model(merged, out, check=verify if options.verify else None)
     report = MergeReport(
         output=str(out),
         mode=options.mode.value,
-        formula=formula_text(labels, normalized, options.mode.value, options.renormalize,
-                             transforms),
-        inputs="shared" if plan.shared else "separate",
+        formula=plan.formula(),
+        inputs=plan.provenance.inputs,
         renormalize=options.renormalize,
         members=members,
         size=size,
         verified=options.verify,
         max_abs_error=errors[0] if errors else None,
-        elapsed_seconds=time.perf_counter() - start,
-        warnings=warnings,
-        sharing=provenance["sharing"],
+        elapsed_seconds=0.0,
+        warnings=list(plan.warnings),
+        sharing=plan.provenance.sharing,
     )
-    return report, reloaded_models[0] if reloaded_models else merged
+    # From the model verification reloaded from OUT (or, with --no-verify, the one just
+    # saved): OUT is not loaded again for the artifacts.
+    written = reloaded[0] if reloaded else merged
+    for fmt, path in plan.request.exports:
+        say(f"exporting {path} ({fmt.value})")
+        report.exports.append(
+            export_model(written, fmt, path, verify=options.verify, quiet=options.quiet)
+        )
+    report.elapsed_seconds = time.perf_counter() - start
+    return report
 
 
-def save_model(
-    model: keras.Model, out: Path, check: Callable[[Path], object] | None = None
-) -> int:
-    """Save `model` to `out` through `fuse_cli.files.publish` (checked before it lands).
-
-    `.keras` writes the native format, `.h5`/`.hdf5` legacy HDF5.
-
-    Returns:
-        The size of the written file in bytes.
-    """
-
-    def write(tmp: Path) -> None:
-        cache_keras_skipsets()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.save(tmp)
-
-    suffix = ".keras" if out.suffix.lower() == ".keras" else ".h5"
-    return publish(out, write, check=check, suffix=suffix)
-
-
-def _member_report(
-    loaded: LoadedModel,
-    label: str,
-    given: float,
-    weight: float,
-    appended: Sequence[str | None],
-) -> MemberReport:
-    model = loaded.model
-    activations = last_activations(model)
-    return MemberReport(
-        file=label,
-        name=model.name,
-        format=loaded.format,
-        sha256=loaded.sha256,
-        size=loaded.size,
-        input_shapes=[str(s) for s in input_specs(model)],
-        output_shapes=[str(s) for s in output_specs(model)],
-        params=int(model.count_params()),
-        weight_given=given,
-        weight=weight,
-        last_activations=activations,
-        output_kinds=[output_kind(a) for a in activations],
-        to_probabilities=list(appended) if any(appended) else [],
-        keras_version=loaded.keras_version,
-        migrations=list(loaded.migrations),
+def describe(plan: MergePlan, elapsed: float) -> PlanReport:
+    """What `--dry-run` reports of a plan."""
+    request = plan.request
+    return PlanReport(
+        output=str(plan.output),
+        replaces=request.replaces[0],
+        mode=plan.options.mode.value,
+        formula=plan.formula(),
+        inputs=plan.provenance.inputs,
+        input_shapes=[[str(spec) for spec in group] for group in plan.combination.plan.specs],
+        output_shapes=[str(head) for head in plan.combination.heads],
+        renormalize=plan.options.renormalize,
+        members=member_reports(plan),
+        verify=plan.options.verify,
+        exports=[{"format": fmt.value, "path": str(path), "replaces": replaces}
+                 for (fmt, path), replaces in zip(request.exports, request.replaces[1:],
+                                                  strict=False)],
+        elapsed_seconds=elapsed,
+        warnings=list(plan.warnings),
     )
 
 
-def _provenance(
-    loaded: Sequence[LoadedModel],
-    labels: Sequence[str],
-    given: Sequence[float],
-    normalized: Sequence[float],
-    options: MergeOptions,
-    shared: bool,
-    transforms: Sequence[Sequence[str | None]],
-) -> dict[str, Any]:
-    provenance: dict[str, Any] = {
-        "tool": f"fuse {__version__}",
-        "mode": options.mode.value,
-        "weights_given": list(given),
-        "weights": list(normalized),
-        "renormalize": options.renormalize,
-        "inputs": "shared" if shared else "separate",
-        "members": [
-            {
-                "file": Path(label).name,
-                "name": m.model.name,
-                "sha256": m.sha256,
-                "migrations": list(m.migrations),
-            }
-            for m, label in zip(loaded, labels, strict=True)
-        ],
-    }
-    if options.mode is Mode.SUM and options.allow_mixed_outputs:
-        provenance["allow_mixed_outputs"] = True
-    # `--to-probabilities`: which members had softmax/sigmoid appended, head by head.
-    provenance["to_probabilities"] = [
-        {"member": i, "file": Path(label).name, "appended": list(added)}
-        for i, (label, added) in enumerate(zip(labels, transforms, strict=True))
-        if any(added)
-    ]
-    for key, value in (options.extra_provenance or {}).items():
-        provenance.setdefault(key, value)
-    return provenance
-
-
-def _unsafe_warnings(loaded: Sequence[LoadedModel], labels: Sequence[str]) -> list[str]:
-    found = []
-    for member, label in zip(loaded, labels, strict=True):
-        for layer in _all_layers(member.model):
-            if type(layer).__name__ in _CODE_LAYERS:
-                found.append(
-                    f"--unsafe: {label}: allowed code-carrying layer {layer.name!r} "
-                    f"({type(layer).__name__})"
-                )
-    return found
-
-
-def _all_layers(model: keras.Model) -> list[Any]:
-    import keras
-
-    layers = []
-    for layer in model.layers:
-        layers.append(layer)
-        if isinstance(layer, keras.Model):
-            layers.extend(_all_layers(layer))
-    return layers
+def member_reports(plan: MergePlan) -> list[MemberReport]:
+    """Each member as loaded and placed in the plan."""
+    reports = []
+    for m, label, given, weight, added in zip(
+        plan.members, plan.labels, plan.request.weights_given, plan.weights,
+        plan.combination.transforms, strict=True,
+    ):
+        activations = last_activations(m.model)
+        reports.append(MemberReport(
+            file=label,
+            name=m.model.name,
+            format=m.format,
+            sha256=m.sha256,
+            size=m.size,
+            input_shapes=[str(s) for s in input_specs(m.model)],
+            output_shapes=[str(s) for s in output_specs(m.model)],
+            params=int(m.model.count_params()),
+            weight_given=given,
+            weight=weight,
+            last_activations=activations,
+            output_kinds=[output_kind(a) for a in activations],
+            to_probabilities=list(added) if any(added) else [],
+            keras_version=m.keras_version,
+            migrations=list(m.migrations),
+        ))
+    return reports

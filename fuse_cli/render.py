@@ -19,11 +19,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fuse_cli.compatibility import shape_text
+from fuse_cli.formats.screening import size_text
+from fuse_cli.provenance import TuningSummary, tuning_summary
+
 if TYPE_CHECKING:
     from fuse_cli.evaluation import EvaluationReport
     from fuse_cli.export import ExportReport
     from fuse_cli.inspection import InspectReport, ModelInfo
-    from fuse_cli.report import MergePlan, MergeReport
+    from fuse_cli.report import MergeReport, PlanReport
     from fuse_cli.search import Scores
     from fuse_cli.tuning import TuneReport
     from fuse_cli.verification import VerifyReport
@@ -93,7 +97,7 @@ def print_merge_report(report: MergeReport) -> None:
     console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
 
 
-def print_merge_plan(plan: MergePlan) -> None:
+def print_merge_plan(plan: PlanReport) -> None:
     """The human-readable dry-run plan on stdout: what would be merged, and where it would go."""
     table = Table(title=f"dry run: members ({plan.mode}, {plan.inputs} inputs)",
                   title_justify="left")
@@ -106,21 +110,21 @@ def print_merge_plan(plan: MergePlan) -> None:
         activations = ", ".join(a or "unknown" for a in m.last_activations)
         if m.to_probabilities:
             activations += " → " + ", ".join(a for a in m.to_probabilities if a)
-        table.add_row(escape(m.file), ", ".join(m.input_shapes), ", ".join(m.output_shapes),
-                      escape(activations), f"{m.params:,}", weight)
+        table.add_row(literal(m.file), ", ".join(m.input_shapes), ", ".join(m.output_shapes),
+                      literal(activations), f"{m.params:,}", weight)
     console.print(table)
     for m in plan.members:
         if m.migrations:
-            console.print(f"{escape(m.file)}: legacy file migrated by "
-                          f"{escape(', '.join(m.migrations))}")
+            console.print(f"{literal(m.file)}: legacy file migrated by "
+                          f"{literal(', '.join(m.migrations))}")
     inputs = "; ".join(", ".join(group) for group in plan.input_shapes)
     console.print(f"inputs:   {plan.inputs}: {inputs}")
-    console.print(f"formula:  {escape(plan.formula)}")
+    console.print(f"formula:  {literal(plan.formula)}")
     replaces = " (replaces the existing file, --force)" if plan.replaces else ""
-    console.print(f"output:   {escape(plan.output)}{replaces}")
+    console.print(f"output:   {literal(plan.output)}{replaces}")
     for item in plan.exports:
         replaces = " (replaces the existing one, --force)" if item["replaces"] else ""
-        console.print(f"export:   {escape(str(item['path']))} ({item['format']}){replaces}")
+        console.print(f"export:   {literal(str(item['path']))} ({item['format']}){replaces}")
     check = "reload and compare with the formula" if plan.verify else "skipped (--no-verify)"
     console.print(f"verify:   {check}")
     console.print("dry run:  every check passed; nothing was written")
@@ -131,7 +135,7 @@ def _print_written(report: MergeReport) -> None:
     for line in sharing_lines(report.sharing, [m.file for m in report.members]):
         console.print(f"shared:   {literal(line)}")
     console.print(f"formula:  {literal(report.formula)}")
-    console.print(f"output:   {literal(report.output)} ({_size_text(report.size)})")
+    console.print(f"output:   {literal(report.output)} ({size_text(report.size)})")
     if report.verified and report.max_abs_error is not None:
         console.print(f"verified: reloaded and matches the formula, max abs error "
                       f"{report.max_abs_error:.2e}")
@@ -160,23 +164,14 @@ def sharing_lines(sharing: dict[str, Any] | None, labels: list[str]) -> list[str
                      f"{seg['params']:,} params) computed once for {', '.join(names)}")
     if sharing.get("params_saved") is not None and sharing.get("bytes_saved") is not None:
         lines.append(f"saves {sharing['params_saved']:,} params "
-                     f"({_size_text(sharing['bytes_saved'])} of weights)")
+                     f"({size_text(sharing['bytes_saved'])} of weights)")
     return lines
-
-
-def _size_text(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def print_exports(exports: list[ExportReport]) -> None:
     """The human-readable report of each artifact written, on stdout."""
     for item in exports:
-        console.print(f"exported: {literal(item.path)} ({item.format}, {_size_text(item.size)})")
+        console.print(f"exported: {literal(item.path)} ({item.format}, {size_text(item.size)})")
         if item.verified and item.max_abs_error is not None:
             console.print(f"parity:   matches the Keras model in {literal(str(item.runtime))}, "
                           f"max abs error {item.max_abs_error:.2e} (atol {item.atol:g})")
@@ -205,7 +200,7 @@ def print_inspect_report(report: InspectReport) -> None:
 
 
 def _tensor_text(t: Any) -> str:
-    shape = "(" + ", ".join("None" if d is None else str(d) for d in t.shape) + ")"
+    shape = shape_text(t.shape, batch=False)
     return f"{literal(t.name)} {shape} {literal(t.dtype)}"
 
 
@@ -228,10 +223,10 @@ def _print_model_info(info: ModelInfo) -> None:
         activations = f"weighted {info.ensemble.mode} of the members' {members}"
     console.print(f"  activation: {literal(activations)}")
     console.print(f"  params:     {info.params:,}")
-    console.print(f"  size:       {_size_text(info.size)}")
+    console.print(f"  size:       {size_text(info.size)}")
     console.print(f"  sha256:     {info.sha256}")
     if info.migrations:
-        console.print(f"  legacy:     migrated by the rules {escape(', '.join(info.migrations))}")
+        console.print(f"  legacy:     migrated by the rules {literal(', '.join(info.migrations))}")
     e = info.ensemble
     if e is None:
         return
@@ -248,25 +243,19 @@ def _print_model_info(info: ModelInfo) -> None:
     labels = [f"member {m['index']}" for m in e.members]
     for line in sharing_lines(e.sharing, labels):
         console.print(f"  shared:     {literal(line)}")
-    if e.tuning:
-        console.print(f"  tuned:      {literal(_tuning_text(e.tuning))}")
+    tuning = tuning_summary(e.tuning)
+    if tuning is not None:
+        console.print(f"  tuned:      {literal(_tuning_text(tuning))}")
 
 
-def _tuning_text(tuning: dict[str, Any]) -> str:
+def _tuning_text(tuning: TuningSummary) -> str:
     """One line on how `fuse tune` chose the weights, from the file's provenance."""
-    data: dict[str, Any] = tuning["data"] if isinstance(tuning.get("data"), dict) else {}
-    text = (f"{tuning.get('method')} on {tuning.get('metric')}, data {data.get('file')} "
-            f"({data.get('rows')} rows, holdout {tuning.get('holdout')})")
-    cv = tuning.get("cv") or {}
-    folds = cv.get("folds") if isinstance(cv, dict) else None
-    if isinstance(folds, list) and folds:
-        losses = [v for f in folds if isinstance(f, dict)
-                  and isinstance(v := f.get("log_loss"), float)]
-        if len(losses) == len(folds):
-            text += f"; {len(folds)}-fold cv log-loss {sum(losses) / len(losses):.4f}"
-    held: dict[str, Any] = tuning["heldout"] if isinstance(tuning.get("heldout"), dict) else {}
-    scores = ", ".join(f"{str(k).replace('_', '-')} {v:.4f}" for k, v in held.items()
-                       if k in ("accuracy", "log_loss") and isinstance(v, float))
+    text = (f"{tuning.method} on {tuning.metric}, data {tuning.data_file} "
+            f"({tuning.rows} rows, holdout {tuning.holdout})")
+    losses = tuning.cv_log_losses
+    if losses:
+        text += f"; {len(losses)}-fold cv log-loss {sum(losses) / len(losses):.4f}"
+    scores = ", ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in tuning.heldout.items())
     return f"{text}; held out: {scores}" if scores else text
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+# The one name for a progress callback: called with a short description before each
+# slow step.
+Progress = Callable[[str], None]
+# Called with (model label, rows done, rows in all) while a model predicts.
+Advance = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -67,8 +73,9 @@ class MergeReport:
 
 
 @dataclass
-class MergePlan:
-    """What `fuse merge --dry-run` found: the merge that would run, and where it would write."""
+class PlanReport:
+    """What `fuse merge --dry-run` reports of its plan: the merge that would run, and where
+    it would write."""
 
     output: str
     replaces: bool
@@ -93,32 +100,6 @@ class MergePlan:
         data["weights_given"] = [m.weight_given for m in self.members]
         data["weights"] = [m.weight for m in self.members]
         return data
-
-
-def formula_text(
-    labels: list[str],
-    weights: list[float],
-    mode: str,
-    renormalize: bool,
-    transforms: Sequence[Sequence[str | None]] | None = None,
-) -> str:
-    """The formula in words, e.g. `0.3 * a.keras + 0.7 * softmax(b.h5)`."""
-    if transforms is not None:
-        labels = [_wrapped(label, added) for label, added in zip(labels, transforms, strict=True)]
-    if mode == "sum":
-        return " + ".join(f"{w:.6g} * {label}" for label, w in zip(labels, weights, strict=True))
-    product = " * ".join(f"{label}^{w:.6g}" for label, w in zip(labels, weights, strict=True))
-    if renormalize:
-        return f"({product}) / sum over the last axis"
-    return product
-
-
-def _wrapped(label: str, added: Sequence[str | None]) -> str:
-    """`softmax(b.h5)` for a member whose (single) output gets softmax appended."""
-    names = {a for a in added if a}
-    if not names:
-        return label
-    return f"{'/'.join(sorted(names))}({label})"
 
 
 def file_labels(paths: Sequence[Path]) -> list[str]:

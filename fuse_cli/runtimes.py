@@ -8,13 +8,8 @@ return with the Keras model.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import re
-import sys
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,32 +111,3 @@ def _ordered(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [outputs[k] for k in sorted(outputs, key=index)]
 
 
-@contextlib.contextmanager
-def quiet_native_logs(enabled: bool) -> Iterator[None]:
-    """Keep converters' and runtimes' native log lines (fd 2) and warnings off stderr.
-
-    TFLite announces its XNNPACK delegate and TensorFlow its graph passes from C++,
-    where Python's logging cannot reach; they would bury fuse's one-line messages.
-    """
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    loggers = [logging.getLogger(name) for name in ("tf2onnx", "absl", "tensorflow")]
-    levels = [logger.level for logger in loggers]
-    try:
-        os.dup2(devnull, 2)
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)

@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fuse_cli.ensemble import Mode
+from fuse_cli.choices import Mode
+from fuse_cli.methods import method_for
 
 MetricName = Literal["accuracy", "log_loss"]
 
@@ -34,7 +35,6 @@ GRID_STEPS = 100  # two members: the first weight runs over 0, 0.01, ..., 1
 GREEDY_ROUNDS = 100  # more members: weights are multiples of 1/rounds
 LOG_LOSS_TIE = 1e-6  # log-losses closer than this are equal for the search
 _BLOCK = 1 << 20  # elements per block of a vectorized evaluation
-_LOG_ZERO = -1e30  # log(0) that stays 0 under a zero weight, as 0**0 == 1 in the layer
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ class Ensembler:
         dtype: type[np.floating[Any]] = np.float32,
     ) -> None:
         self.mode = mode
+        self.method = method_for(mode)
         self.dtype = np.dtype(dtype)
         self.members = len(outputs)
         self.rows, self.classes = np.shape(outputs[0])
@@ -131,12 +132,7 @@ class Ensembler:
             self._blocks.append((self._values(block), labels[start : start + step]))
 
     def _values(self, block: np.ndarray) -> np.ndarray:
-        block = np.ascontiguousarray(block, dtype=self.dtype)
-        if self.mode is Mode.PRODUCT:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                logs = np.log(block)
-            block = np.where(block > 0, logs, self.dtype.type(_LOG_ZERO))
-        return block
+        return self.method.search_values(np.ascontiguousarray(block, dtype=self.dtype))
 
     def scores(
         self, weights: np.ndarray | Sequence[Sequence[float]]
@@ -165,22 +161,16 @@ class Ensembler:
 
     def _block_scores(self, z: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Hits and summed -log p per weight vector, for `z` shaped `(G, C, m)`."""
-        product = self.mode is Mode.PRODUCT
         low, high = self.dtype.type(EPSILON), self.dtype.type(1 - EPSILON)
         if self.classes == 1:
-            q = np.exp(z[:, 0]) if product else z[:, 0]
+            q = self.method.probabilities(z[:, 0])
             hits = (q > 0.5) == (t == 1)
             log_p = np.log(np.clip(np.where(t == 1, q, 1 - q), low, high))
         else:
             true = z[:, t, np.arange(len(t))]
             top = z.max(axis=1)
             hits = _first_max(z, true, top, t)
-            if product:
-                log_p = true - top - np.log(np.exp(z - top[:, None]).sum(axis=1))
-                log_p = np.clip(log_p, np.log(low), np.log(high))
-            else:
-                total = np.maximum(z.sum(axis=1), np.finfo(self.dtype).tiny)
-                log_p = np.log(np.clip(true / total, low, high))
+            log_p = self.method.label_log_probability(z, true, top, low, high)
         return hits.sum(axis=-1), -log_p.sum(axis=-1, dtype=np.float64)
 
 

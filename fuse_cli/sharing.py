@@ -25,6 +25,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fuse_cli.errors import VerificationError, first_line
+from fuse_cli.formats._keras_private import (
+    all_layers,
+    inbound_nodes,
+    keras_history,
+    keras_mask,
+)
+from fuse_cli.provenance import check_sharing, sharing_record
 
 if TYPE_CHECKING:
     import keras
@@ -72,29 +79,6 @@ class SharingPlan:
     def record(self) -> dict[str, Any]:
         """What the provenance and the report say about the sharing (JSON-ready)."""
         return sharing_record(self.segments, enabled=True)
-
-
-def sharing_record(segments: Sequence[Segment], *, enabled: bool) -> dict[str, Any]:
-    """The `sharing` entry of the provenance and the report."""
-    params = sum((len(s.members) - 1) * s.params for s in segments)
-    saved = sum((len(s.members) - 1) * s.weight_bytes for s in segments)
-    return {
-        "enabled": enabled,
-        "segments": [
-            {
-                "name": s.name,
-                "members": list(s.members),
-                "after": None if s.parent is None else segments[s.parent].name,
-                "layers": list(s.layers),
-                "layer_count": s.layer_count,
-                "params": s.params,
-                "weight_bytes": s.weight_bytes,
-            }
-            for s in segments
-        ],
-        "params_saved": params,
-        "bytes_saved": saved,
-    }
 
 
 # --- finding what is shared ----------------------------------------------------------
@@ -163,7 +147,7 @@ def _count_layers(layer: Any) -> int:
 
     return sum(
         not isinstance(inner, keras.Model | keras.layers.InputLayer)
-        for inner in _all_layers(layer)
+        for inner in all_layers(layer)
     )
 
 
@@ -202,7 +186,7 @@ def _chain(model: keras.Model) -> list[Stage]:
             break
         out = node.outputs[0]
         # A mask travels beside the tensor, outside what a cut between sub-models passes.
-        if id(out) in outputs or getattr(out, "_keras_mask", None) is not None:
+        if id(out) in outputs or keras_mask(out) is not None:
             break
         stages.append(Stage(node.operation, node, tensor, out, _fingerprint(node, kwargs)))
         tensor = out
@@ -221,12 +205,12 @@ def _consumers(model: keras.Model) -> dict[int, list[Any]] | None:
         if id(tensor) in seen_tensors or id(tensor) in inputs:
             continue
         seen_tensors.add(id(tensor))
-        history = getattr(tensor, "_keras_history", None)
+        history = keras_history(tensor)
         if history is None:
             return None
         operation, node_index, _ = history
-        nodes = getattr(operation, "_inbound_nodes", None)
-        if not nodes or node_index >= len(nodes):
+        nodes = inbound_nodes(operation)
+        if node_index >= len(nodes):
             return None
         node = nodes[node_index]
         if id(node) in seen_nodes:
@@ -246,14 +230,6 @@ def _is_layer(operation: Any) -> bool:
     )
 
 
-def _all_layers(layer: Any) -> list[Any]:
-    """`layer` and every layer inside it (nested models, wrappers)."""
-    flatten = getattr(layer, "_flatten_layers", None)
-    if flatten is None:
-        return [layer]
-    return list(flatten(include_self=True, recursive=True))
-
-
 def _fingerprint(node: Any, kwargs: dict[str, Any]) -> str | None:
     """A digest of everything the stage computes with, or None if it cannot be shared."""
     import keras
@@ -263,7 +239,7 @@ def _fingerprint(node: Any, kwargs: dict[str, Any]) -> str | None:
         return None
     # Lookup and vectorization layers keep their vocabulary in asset files, outside
     # the config and the weights compared here.
-    if any(hasattr(inner, "save_assets") for inner in _all_layers(layer)):
+    if any(hasattr(inner, "save_assets") for inner in all_layers(layer)):
         return None
     try:
         config = layer.get_config()
@@ -440,10 +416,10 @@ def _single_source(model: keras.Model, layer: Any) -> Any | None:
     """
     import keras
 
-    nodes = getattr(layer, "_inbound_nodes", [])
+    nodes = inbound_nodes(layer)
     if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
         return None
-    history = getattr(nodes[0].input_tensors[0], "_keras_history", None)
+    history = keras_history(nodes[0].input_tensors[0])
     if history is None or not isinstance(history[0], keras.Model):
         return None
     if not any(history[0] is inner for inner in model.layers):
@@ -487,9 +463,9 @@ def member_functions(
 
 
 def check_record(
-    what: str, model: keras.Model, members: Sequence[keras.Model], record: Any
+    what: str, model: keras.Model, members: Sequence[keras.Model], raw: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Compare the sharing the provenance records with the graph's own structure.
+    """Compare the sharing the provenance `raw` records with the graph's own structure.
 
     Returns:
         Each shared segment found in the graph: its name and the members it feeds.
@@ -501,20 +477,5 @@ def check_record(
     for i, path in enumerate(member_paths(model, members)):
         for part in path[:-1]:
             found.setdefault(part.name, []).append(i)
-    segments = record.get("segments") if isinstance(record, dict) else None
-    if isinstance(segments, list):
-        recorded = {
-            str(s.get("name")): list(s.get("members") or [])
-            for s in segments
-            if isinstance(s, dict)
-        }
-        if recorded != found:
-            raise VerificationError(
-                f"{what}: the provenance records shared segments {recorded}, but the "
-                f"graph has {found}"
-            )
-    elif found:
-        raise VerificationError(
-            f"{what}: the graph has shared segments {found}, which the provenance does not record"
-        )
+    check_sharing(what, raw, found)
     return [{"name": name, "members": m} for name, m in sorted(found.items())]

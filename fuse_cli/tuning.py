@@ -22,13 +22,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fuse_cli.choices import Metric, Mode
-from fuse_cli.compatibility import Combination, check_combination
 from fuse_cli.data import SPLIT_SEED, Dataset, split_rows, stratified_folds
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
     Advance,
     Data,
-    Say,
     check_batch_size,
     check_data,
     common_rows,
@@ -38,13 +36,15 @@ from fuse_cli.evaluation import (
     read_any,
     restrict,
 )
-from fuse_cli.files import check_destination, check_output, check_writes, publish
-from fuse_cli.formats import LoadedModel, load_models, sha256_of
+from fuse_cli.files import Destination, publish
+from fuse_cli.formats import load_models, sha256_of
 from fuse_cli.formula import apply_activation, reference
 from fuse_cli.images import ImageFolder, ImageOptions
-from fuse_cli.merge import MergeOptions, check_options, merge_loaded
+from fuse_cli.merge import execute
+from fuse_cli.planning import MergeOptions, MergePlan, check_request, make_plan
 from fuse_cli.predictions import Predictions, check_provenance, read_predictions
-from fuse_cli.report import MergeReport, file_labels
+from fuse_cli.provenance import tuning_record
+from fuse_cli.report import MergeReport, Progress
 from fuse_cli.search import (
     CrossValidation,
     Ensembler,
@@ -58,7 +58,7 @@ from fuse_cli.search import (
 )
 
 if TYPE_CHECKING:
-    import keras
+    pass
 
 HOLDOUT = 0.0
 CV_FOLDS = 5  # chosen by measurement: benchmarks/cv_default.py, README "Cross-validation"
@@ -84,27 +84,24 @@ class PartScores:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TuneOptions:
-    """The options of `fuse tune`; the merge options keep `fuse merge`'s defaults."""
+    """The options of `fuse tune`: the merge's (`fuse merge`'s defaults; the weights are
+    tune's to choose) and the search's."""
 
-    mode: Mode = Mode.SUM
+    merge: MergeOptions = field(default_factory=MergeOptions)
     metric: Metric = Metric.LOG_LOSS
     holdout: float = HOLDOUT
     cv: int = CV_FOLDS
     batch_size: int | None = None  # 256 rows of an .npz file, 32 images
     images: ImageOptions | None = None
     predictions: Path | None = None
-    renormalize: bool = False
-    assume_nonnegative: bool = False
-    allow_mixed_outputs: bool = False
-    to_probabilities: bool = False
-    name: str = "ensemble"
-    force: bool = False
-    verify: bool = True
-    unsafe: bool = False
     plot: Path | None = None
-    share: bool = True
+
+    @property
+    def mode(self) -> Mode:
+        """The merge method's name."""
+        return self.merge.mode
 
 
 @dataclass
@@ -152,15 +149,18 @@ class TuneReport:
         }
 
 
-def check_tune_options(out: Path, options: TuneOptions) -> None:
-    """Check what can be checked before reading data or loading models.
+def check_tune_options(options: TuneOptions) -> list[Destination]:
+    """Check what can be checked of tune's own options before anything is read.
+
+    Returns:
+        What tune writes besides the model (the plot), for `planning.check_request`.
 
     Raises:
-        UsageError: A bad holdout, fold count, batch size, plot file type, or a missing
-            matplotlib.
-        OutputError: The plot file exists without `force`, or its folder is missing
-            (`check_writes` then checks it against the inputs).
+        UsageError: A bad holdout, fold count, batch size, plot file type, a missing
+            matplotlib, or weights given (tune chooses them).
     """
+    if options.merge.weight is not None or options.merge.weights is not None:
+        raise UsageError("fuse tune chooses the weights: give no --weight or --weights")
     if not 0 <= options.holdout < 1:
         raise UsageError(f"--holdout must be at least 0 and below 1; got {options.holdout}")
     if options.cv == 1 or options.cv < 0:
@@ -168,7 +168,7 @@ def check_tune_options(out: Path, options: TuneOptions) -> None:
     check_batch_size(options.batch_size)
     plot = options.plot
     if plot is None:
-        return
+        return []
     if plot.suffix.lower() not in PLOT_SUFFIXES:
         raise UsageError(
             f"--plot {plot}: must end in {', '.join(PLOT_SUFFIXES)}; got "
@@ -176,9 +176,27 @@ def check_tune_options(out: Path, options: TuneOptions) -> None:
         )
     if importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib: pip install 'fuse-cli[plot]'")
-    if plot.resolve() == out.resolve():
-        raise UsageError(f"--plot {plot}: is also the output model")
-    check_destination(plot, [], force=options.force)
+    return [Destination("--plot", plot)]
+
+
+def check_source(data_path: Path | None, options: TuneOptions) -> Path:
+    """The one source of rows: `--data` or `--predictions`.
+
+    Raises:
+        UsageError: Both or neither, or image options with saved predictions.
+    """
+    if (data_path is None) == (options.predictions is None):
+        raise UsageError("give either --data (a .npz file or a folder of images) or "
+                         "--predictions (saved by fuse evaluate --save-predictions)")
+    images = options.images
+    if options.predictions is not None and images is not None and (
+        images.rescale is not None or images.offset is not None or images.skip_bad
+    ):
+        raise UsageError("--rescale, --offset and --skip-bad-images apply to --data DIR; "
+                         "--predictions were computed already")
+    source = data_path if data_path is not None else options.predictions
+    assert source is not None
+    return source
 
 
 def tune_files(
@@ -186,17 +204,22 @@ def tune_files(
     data_path: str | Path | None,
     out: str | Path,
     options: TuneOptions | None = None,
-    progress: Say | None = None,
+    progress: Progress | None = None,
     advance: Advance | None = None,
 ) -> TuneReport:
     """Find the weights from data, then merge, write and verify `out`.
+
+    Planned once as a merge is (`fuse_cli.planning`): the request (options and every
+    destination) before anything is read, the plan once the members are loaded; the
+    data pass and the search run on the plan's checked combination, and the plan is
+    executed with the weights they chose.
 
     Args:
         paths: Two or more member files.
         data_path: The .npz data file (see `fuse_cli.data`) or a folder of images (see
             `fuse_cli.images`); None with `options.predictions`.
         out: The merged model file (`.keras`, `.h5` or `.hdf5`).
-        options: Mode, metric, holdout, folds, the data source and the merge options.
+        options: Metric, holdout, folds, the data source and the merge options.
         progress: Called with a short description before each slow step.
         advance: Called with (member, rows done, rows in all) while predicting.
 
@@ -209,45 +232,70 @@ def tune_files(
     start = time.perf_counter()
     options = options or TuneOptions()
     say = progress or (lambda _message: None)
-    files, out = [Path(p) for p in paths], Path(out)
-    merge_options = MergeOptions(
-        mode=options.mode,
-        renormalize=options.renormalize,
-        assume_nonnegative=options.assume_nonnegative,
-        allow_mixed_outputs=options.allow_mixed_outputs,
-        to_probabilities=options.to_probabilities,
-        name=options.name,
-        force=options.force,
-        verify=options.verify,
-        unsafe=options.unsafe,
-        share=options.share,
-    )
-    check_options(len(files), merge_options)
-    if (data_path is None) == (options.predictions is None):
-        raise UsageError("give either --data (a .npz file or a folder of images) or "
-                         "--predictions (saved by fuse evaluate --save-predictions)")
-    source = Path(data_path) if data_path is not None else options.predictions
-    assert source is not None
-    images = options.images
-    if options.predictions is not None and images is not None and (
-        images.rescale is not None or images.offset is not None or images.skip_bad
-    ):
-        raise UsageError("--rescale, --offset and --skip-bad-images apply to --data DIR; "
-                         "--predictions were computed already")
-    check_tune_options(out, options)
-    check_output(out, files, force=options.force)
-    plot = [("--plot", options.plot)] if options.plot is not None else []
-    check_writes([("-o", out), *plot], [*files, source])
+    files = [Path(p) for p in paths]
+    source = check_source(None if data_path is None else Path(data_path), options)
+    plot = check_tune_options(options)
+    request = check_request(files, Path(out), options.merge, writes=plot, reads=[source])
     saved = read_predictions(source) if options.predictions is not None else None
     data = read_any(source, options.images) if saved is None else None
-    loaded = load_models(files, unsafe=options.unsafe, progress=say)
-    labels = file_labels(files)
-
+    loaded = load_models(files, unsafe=options.merge.unsafe, progress=say)
+    plan = make_plan(request, loaded)
+    output_shape(loaded[0].model, plan.labels[0])  # tune scores one output
     if saved is not None:
-        outputs, y = _saved_outputs(loaded, labels, saved, options)
+        outputs, y = _saved_outputs(plan, saved, options)
     else:
         assert data is not None
-        outputs, y = _member_outputs(loaded, labels, data, options, say, advance)
+        outputs, y = _member_outputs(plan, data, options, say, advance)
+    search = _search(outputs, y, options, say)
+    notes = ([] if data is None else data_notes(data)) + _tune_warnings(
+        list(plan.labels), search.weights, search.fit, search.held, search.cv, options)
+    tuning = _provenance(_describe_source(saved, data, len(y)), search, options)
+    merged = execute(plan.with_weights(search.weights, tuning), progress=progress,
+                     start=start)
+    report = TuneReport(
+        data=str(source),
+        rows=len(y),
+        metric=options.metric.value,
+        method=search.result.method,
+        holdout=options.holdout,
+        seed=SPLIT_SEED,
+        files=list(plan.labels),
+        weights=merged.weights,
+        fit=search.fit,
+        heldout=search.held,
+        path=search.path,
+        merge=merged,
+        plot=None,
+        elapsed_seconds=0.0,
+        warnings=notes + merged.warnings,
+        cv=search.cv,
+        source="predictions" if saved is not None else (
+            "images" if isinstance(data, ImageFolder) else "data"),
+    )
+    if options.plot is not None:
+        say(f"plotting {options.plot}")
+        plot_search(report, search.result.chosen, options.plot)
+        report.plot = str(options.plot)
+    report.elapsed_seconds = time.perf_counter() - start
+    return report
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the search found: the weights, and the scores and path that back them."""
+
+    weights: list[float]
+    result: SearchResult
+    cv: CrossValidation | None
+    fit: PartScores
+    held: PartScores | None
+    path: list[dict[str, Any]]
+
+
+def _search(
+    outputs: Sequence[np.ndarray], y: np.ndarray, options: TuneOptions, say: Progress
+) -> Search:
+    """Hold rows out, cross-validate and search the weights, and score the result."""
     fit_rows, held_rows = split_rows(y, options.holdout)
     metric = options.metric.value
     cv = None
@@ -261,47 +309,14 @@ def tune_files(
     fit = Ensembler([as_rows(o[fit_rows]) for o in outputs], y[fit_rows], options.mode)
     result = search_weights(fit, metric)  # type: ignore[arg-type]
     weights = cv.weights if cv else result.weights
-    fit_scores = _part_scores(outputs, y, fit_rows, weights, options)
-    held_scores = (
-        _part_scores(outputs, y, held_rows, weights, options) if len(held_rows) else None
-    )
-    path = _path_scores(result, outputs, y, held_rows, options.mode)
-
-    notes = ([] if data is None else data_notes(data)) + _tune_warnings(
-        labels, weights, fit_scores, held_scores, cv, options)
-    merge_options.weights = weights
-    described = _describe_source(saved, data, len(y))
-    merge_options.extra_provenance = {
-        "tuning": _provenance(described, result.method, options, fit_scores, held_scores, cv)
-    }
-    merged = merge_loaded(loaded, out, merge_options, progress=progress, start=start)
-
-    report = TuneReport(
-        data=str(source),
-        rows=len(y),
-        metric=metric,
-        method=result.method,
-        holdout=options.holdout,
-        seed=SPLIT_SEED,
-        files=labels,
-        weights=merged.weights,
-        fit=fit_scores,
-        heldout=held_scores,
-        path=path,
-        merge=merged,
-        plot=None,
-        elapsed_seconds=0.0,
-        warnings=notes + merged.warnings,
+    return Search(
+        weights=weights,
+        result=result,
         cv=cv,
-        source="predictions" if saved is not None else (
-            "images" if isinstance(data, ImageFolder) else "data"),
+        fit=_part_scores(outputs, y, fit_rows, weights, options),
+        held=_part_scores(outputs, y, held_rows, weights, options) if len(held_rows) else None,
+        path=_path_scores(result, outputs, y, held_rows, options.mode),
     )
-    if options.plot is not None:
-        say(f"plotting {options.plot}")
-        plot_search(report, result.chosen, options.plot)
-        report.plot = str(options.plot)
-    report.elapsed_seconds = time.perf_counter() - start
-    return report
 
 
 def _describe_source(saved: Predictions | None, data: Data | None, rows: int) -> dict[str, Any]:
@@ -316,54 +331,34 @@ def _describe_source(saved: Predictions | None, data: Data | None, rows: int) ->
     return {"file": data.path.name, "sha256": sha256_of(data.path), "rows": rows, "kind": "npz"}
 
 
-def _provenance(
-    data: dict[str, Any],
-    method: str,
-    options: TuneOptions,
-    fit: PartScores,
-    held: PartScores | None,
-    cv: CrossValidation | None,
-) -> dict[str, Any]:
+def _provenance(data: dict[str, Any], search: Search, options: TuneOptions) -> dict[str, Any]:
     """What the merged file records about its tuning (beside `fuse merge`'s keys)."""
+    cv, fit, held = search.cv, search.fit, search.held
     folds = None
     if cv is not None:
         folds = {"k": len(cv.folds), "folds": [f.scores.to_dict() for f in cv.folds]}
-    return {
-        "metric": options.metric.value,
-        "method": f"cv{options.cv}-{method}" if cv else method,
-        "data": data,
-        "holdout": options.holdout,
-        "seed": SPLIT_SEED,
-        "cv": folds,
-        "fit": {"rows": fit.rows, **fit.ensemble.to_dict()},
-        "heldout": {"rows": held.rows, **held.ensemble.to_dict()} if held else None,
-    }
-
-
-def _checked_combination(
-    models: Sequence[keras.Model], labels: Sequence[str], options: TuneOptions
-) -> Combination:
-    """`merge`'s checks (outputs, kinds, signs) and tune's one-output rule."""
-    combination = check_combination(
-        models, labels, mode=options.mode, assume_nonnegative=options.assume_nonnegative,
-        allow_mixed_outputs=options.allow_mixed_outputs,
-        to_probabilities=options.to_probabilities,
+    method = search.result.method
+    return tuning_record(
+        metric=options.metric.value,
+        method=f"cv{options.cv}-{method}" if cv else method,
+        data=data,
+        holdout=options.holdout,
+        seed=SPLIT_SEED,
+        cv=folds,
+        fit={"rows": fit.rows, **fit.ensemble.to_dict()},
+        heldout={"rows": held.rows, **held.ensemble.to_dict()} if held else None,
     )
-    output_shape(models[0], labels[0])
-    return combination
 
 
 def _member_outputs(
-    loaded: Sequence[LoadedModel],
-    labels: Sequence[str],
+    plan: MergePlan,
     data: Data,
     options: TuneOptions,
-    say: Say,
+    say: Progress,
     advance: Advance | None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Check every member against the data, then run each once; outputs and labels."""
-    models = [m.model for m in loaded]
-    combination = _checked_combination(models, labels, options)
+    models, labels, combination = plan.models, plan.labels, plan.combination
     heads = combination.heads
     for model, label in zip(models, labels, strict=True):
         check_data(data, model, heads[0].shape, label)
@@ -390,11 +385,7 @@ def _member_outputs(
 
 def _check_scorable(output: np.ndarray, label: str, name: str, options: TuneOptions) -> None:
     """Raises: IncompatibleModelsError (product of negatives); DataError (log-loss)."""
-    if options.mode is Mode.PRODUCT and output.min() < 0:
-        raise IncompatibleModelsError(
-            f"{label}: product mode needs outputs >= 0, but it yields {output.min():.4g} "
-            f"on {name}"
-        )
+    options.merge.method.check_scores(output, label, name)
     if options.metric is Metric.LOG_LOSS and not are_probabilities(output):
         raise DataError(
             f"{label}: --metric log_loss needs probabilities, but its outputs on "
@@ -404,19 +395,15 @@ def _check_scorable(output: np.ndarray, label: str, name: str, options: TuneOpti
 
 
 def _saved_outputs(
-    loaded: Sequence[LoadedModel],
-    labels: Sequence[str],
-    saved: Predictions,
-    options: TuneOptions,
+    plan: MergePlan, saved: Predictions, options: TuneOptions
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """The saved predictions, once they are shown to be these members' on their outputs.
 
     Raises:
         DataError: Predictions of other files (SHA-256), or of another output shape.
     """
-    check_provenance(saved, labels, [m.sha256 for m in loaded])
-    models = [m.model for m in loaded]
-    combination = _checked_combination(models, labels, options)
+    labels, combination = plan.labels, plan.combination
+    check_provenance(saved, labels, [m.sha256 for m in plan.members])
     heads = combination.heads
     expected = heads[0].shape
     found = saved.outputs[0].shape[1:]
@@ -439,7 +426,7 @@ def _ensemble_output(
     outputs: Sequence[np.ndarray], rows: np.ndarray, weights: Sequence[float], options: TuneOptions
 ) -> np.ndarray:
     members = [[o[rows]] for o in outputs]
-    return reference(members, weights, options.mode, options.renormalize)[0]
+    return reference(members, weights, options.mode, options.merge.renormalize)[0]
 
 
 def _part_scores(

@@ -8,17 +8,17 @@ compute the same outputs as their embedded copies.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fuse_cli import provenance
 from fuse_cli.choices import Mode
 from fuse_cli.compatibility import input_specs, shared_input_specs
 from fuse_cli.errors import UsageError, VerificationError
-from fuse_cli.formats import check_keras, check_model_path, load_model, sha256_of
+from fuse_cli.formats import check_keras, check_model_path, load_model
 from fuse_cli.formula import SEED, check_formula, compare, run, sample_batch
 from fuse_cli.inspection import (
     EnsembleInfo,
@@ -26,16 +26,15 @@ from fuse_cli.inspection import (
     combining_layers,
     embedded_members,
     mode_of,
-    numbers_or_none,
     read_ensemble,
-    recorded_provenance,
 )
+from fuse_cli.provenance import raw_record
+from fuse_cli.report import Progress
 from fuse_cli.sharing import check_record, member_functions
 
 if TYPE_CHECKING:
     import keras
 
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -67,8 +66,6 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of every field."""
         return asdict(self)
-
-
 
 
 def verify_file(
@@ -112,8 +109,8 @@ def verify_file(
         )
     embedded = embedded_members(model)
     info = _check_structure(merged, model, layers, embedded)
-    provenance = layers[0].provenance if isinstance(layers[0].provenance, dict) else {}
-    shared = check_record(str(merged), model, embedded, provenance.get("sharing"))
+    raw = raw_record(layers[0])
+    shared = check_record(str(merged), model, embedded, raw)
     # A shared member is its shared segments followed by its own part.
     members = member_functions(model, embedded, str(merged))
     if files and len(files) != len(members):
@@ -122,7 +119,7 @@ def verify_file(
             f"file{'' if len(files) == 1 else 's'}"
         )
 
-    transforms = _check_appended(merged, layers, len(members))
+    transforms = _check_appended(merged, layers, raw, len(members))
     say(f"checking the formula of {merged}")
     error = check_formula(
         model,
@@ -143,7 +140,7 @@ def verify_file(
         file=str(merged),
         mode=info.mode,
         formula_max_abs_error=error,
-        provenance_recorded=bool(recorded_provenance(layers[0])),
+        provenance_recorded=bool(raw),
         members=checks,
         elapsed_seconds=time.perf_counter() - start,
         shared=shared,
@@ -167,49 +164,14 @@ def _check_structure(
         raise VerificationError(
             f"{path}: {len(info.weights)} weights but {len(members)} embedded members"
         )
-    provenance = recorded_provenance(layers[0])
-    recorded: dict[str, Any] = {
-        "mode": (provenance.get("mode"), info.mode),
-        "inputs": (provenance.get("inputs"), info.inputs),
-        "renormalize": (provenance.get("renormalize"), info.renormalize),
-    }
-    for key, (said, found) in recorded.items():
-        if said is not None and said != found:
-            raise VerificationError(
-                f"{path}: the provenance records {key} {_shown(said)}, but the model has "
-                f"{found!r}"
-            )
-    weights = provenance.get("weights")
-    if weights is not None and not _same_numbers(weights, info.weights):
-        raise VerificationError(
-            f"{path}: the provenance records weights {_shown(weights)}, but the combining layer "
-            f"computes with {info.weights}"
-        )
-    given = provenance.get("weights_given")
-    if given is not None and numbers_or_none(given) is None:
-        raise VerificationError(
-            f"{path}: the provenance records weights as given {_shown(given)}, not a list "
-            "of numbers"
-        )
-    if given is not None and not _normalizes_to(given, info.weights):
-        raise VerificationError(
-            f"{path}: the provenance records weights as given {_shown(given)}, which do not "
-            f"normalize to {info.weights}"
-        )
-    entries = provenance.get("members")
-    if entries is not None and not isinstance(entries, list):
-        raise VerificationError(
-            f"{path}: the provenance records members as {_shown(entries)}, not a list"
-        )
-    if entries is not None and len(entries) != len(members):
-        raise VerificationError(
-            f"{path}: the provenance records {len(entries)} members, the model embeds "
-            f"{len(members)}"
-        )
+    provenance.check(path, raw_record(layers[0]), mode=info.mode, inputs=info.inputs,
+                     renormalize=info.renormalize, weights=info.weights, members=len(members))
     return info
 
 
-def _check_appended(path: Path, layers: list[Any], count: int) -> list[list[str | None]]:
+def _check_appended(
+    path: Path, layers: list[Any], raw: dict[str, Any], count: int
+) -> list[list[str | None]]:
     """The activations `--to-probabilities` appended, read from the graph and checked
     against the provenance's record of them."""
     found = appended_activations(layers, count)
@@ -219,40 +181,8 @@ def _check_appended(path: Path, layers: list[Any], count: int) -> list[list[str 
                 f"{path}: member {i} feeds the combining layer through a "
                 f"to_probabilities layer with an unexpected activation: {added}"
             )
-    recorded = recorded_provenance(layers[0]).get("to_probabilities")
-    if isinstance(recorded, list):
-        said = {e.get("member"): e.get("appended") for e in recorded if isinstance(e, dict)}
-        graph = {i: added for i, added in enumerate(found) if any(added)}
-        if said != graph:
-            raise VerificationError(
-                f"{path}: the provenance records --to-probabilities on members "
-                f"{said}, but the graph appends {graph}"
-            )
+    provenance.check_appended(path, raw, found)
     return found
-
-
-def _shown(value: Any, limit: int = 80) -> str:
-    """A recorded value in a message: its repr, cut to `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _same_numbers(a: Sequence[Any], b: Sequence[float]) -> bool:
-    try:
-        return len(a) == len(b) and all(
-            math.isclose(float(x), y, rel_tol=1e-9, abs_tol=1e-12)
-            for x, y in zip(a, b, strict=True)
-        )
-    except (TypeError, ValueError):
-        return False
-
-
-def _normalizes_to(given: Sequence[Any], coefficients: Sequence[float]) -> bool:
-    try:
-        total = math.fsum(float(w) for w in given)
-    except (TypeError, ValueError):
-        return False
-    return total > 0 and _same_numbers([float(w) / total for w in given], coefficients)
 
 
 def _check_member_files(
@@ -263,29 +193,30 @@ def _check_member_files(
     unsafe: bool,
     say: Progress,
 ) -> None:
-    hashes = [sha256_of(path) for path in files]
+    """Each file must be the recorded member (SHA-256 of the very bytes loaded) and
+    compute what its embedded copy does."""
     recorded = [c.recorded_sha256 for c in checks]
-    for i, (path, digest, check) in enumerate(zip(files, hashes, checks, strict=True)):
+    for i, (path, embedded, check) in enumerate(zip(files, members, checks, strict=True)):
         check.given = str(path)
         if check.recorded_sha256 is None:
             raise VerificationError(
                 f"{path}: {merged} records no SHA-256 for member {i}, so it cannot be "
                 "confirmed"
             )
-        if digest != check.recorded_sha256:
+        say(f"comparing {path} with its embedded copy")
+        loaded = load_model(path, unsafe=unsafe)
+        if loaded.sha256 != check.recorded_sha256:
             hint = ""
-            if digest in recorded:
+            if loaded.sha256 in recorded:
                 hint = (
-                    f"; it is member {recorded.index(digest)}: give the member files in "
-                    "the order they were merged"
+                    f"; it is member {recorded.index(loaded.sha256)}: give the member files "
+                    "in the order they were merged"
                 )
             raise VerificationError(
-                f"{path}: SHA-256 {digest[:12]}… is not the one {merged} records for "
+                f"{path}: SHA-256 {loaded.sha256[:12]}… is not the one {merged} records for "
                 f"member {i} ({check.recorded_file}: {check.recorded_sha256[:12]}…){hint}"
             )
-    for i, (path, embedded, check) in enumerate(zip(files, members, checks, strict=True)):
-        say(f"comparing {path} with its embedded copy")
-        original = load_model(path, unsafe=unsafe).model
+        original = loaded.model
         if shared_input_specs([original, embedded]) is None:
             raise VerificationError(
                 f"{merged}: embedded member {i} ({embedded.name}) takes inputs "

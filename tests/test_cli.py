@@ -58,7 +58,7 @@ def test_exit_1_internal_error_without_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("fuse_cli.merge.build_ensemble", broken)
+    monkeypatch.setattr("fuse_cli.merge.build", broken)
     result = merge(runner, zoo["a.keras"], zoo["b.keras"], "-o", tmp_path / "x.keras")
     assert result.exit_code == 1
     assert "internal error: RuntimeError: boom" in result.stderr
@@ -224,7 +224,7 @@ def test_exit_5_output_rules_checked_before_loading(
     shutil.copy(zoo["a.keras"], copy)
     before = copy.read_bytes()
     result = merge(runner, copy, zoo["b.keras"], "-o", copy, "--force")
-    assert result.exit_code == 5 and "is also an input" in result.stderr
+    assert result.exit_code == 5 and "is also the input" in result.stderr
     assert copy.read_bytes() == before
 
 

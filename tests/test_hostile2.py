@@ -347,7 +347,7 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
           "a.png", "--force"], "-o data.keras: is also the input data.keras"),
         (["tune", "a.png", "b.keras", "--data", "data.keras", "-o", "t.keras", "--plot",
           "hard.png", "--force"], "--plot hard.png: is also the input b.keras"),
-        (["merge", "a.png", "b.keras", "-o", "link.keras", "--force"], "is also an input"),
+        (["merge", "a.png", "b.keras", "-o", "link.keras", "--force"], "is also the input"),
         (["export", "ens.tflite", "--format", "litert", "-o", "ens.tflite", "--force"],
          "is also the input ens.tflite"),
     ],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +31,13 @@ from fuse_cli.formats.screening import (
     size_text,
     sniff_format,
 )
+from fuse_cli.report import Progress
 
 if TYPE_CHECKING:
     import keras
 
 MIN_KERAS = (3, 15, 1)
 
-Progress = Callable[[str], None]
 
 __all__ = [
     "MIN_KERAS",
@@ -48,6 +47,7 @@ __all__ = [
     "check_model_path",
     "load_model",
     "load_models",
+    "save_model",
     "sha256_of",
 ]
 
@@ -87,22 +87,18 @@ def check_keras() -> None:
             "(e.g. `env -u TF_USE_LEGACY_KERAS fuse ...`)"
         )
     import keras
+    from packaging.version import InvalidVersion, Version
 
-    version = _version_tuple(keras.__version__)
-    if version < MIN_KERAS:
-        floor = ".".join(map(str, MIN_KERAS))
+    floor = ".".join(map(str, MIN_KERAS))
+    try:
+        too_old = Version(keras.__version__).release < MIN_KERAS
+    except InvalidVersion:
+        too_old = True
+    if too_old:
         raise UsageError(
             f"Keras {keras.__version__} is installed; fuse needs keras>={floor} "
             f"(pip install 'keras>={floor}')"
         )
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split(".")[:3]:
-        digits = re.match(r"\d+", piece)
-        parts.append(int(digits.group()) if digits else 0)
-    return tuple(parts)
 
 
 def sha256_of(path: Path) -> str:
@@ -136,6 +132,8 @@ def load_model(path: Path, *, unsafe: bool = False) -> LoadedModel:
     """
     check_model_path(path)
     cache_keras_skipsets()
+    # A merged file refers to fuse's registered layers: the loader registers them.
+    import fuse_cli.layers  # noqa: F401
     try:
         with open(path, "rb") as f:
             fmt = sniff_format(f.read(HEAD_BYTES), path)
@@ -182,6 +180,31 @@ def _too_large(path: Path, stored: int) -> Callable[[int, int], Exception]:
         )
 
     return refuse
+
+
+def save_model(
+    model: keras.Model, out: Path, check: Callable[[Path], object] | None = None
+) -> int:
+    """Save `model` to `out` through `fuse_cli.files.publish` (checked before it lands).
+
+    The format follows OUT's extension, decided here once: `.keras` writes the native
+    zip archive, `.h5`/`.hdf5` legacy HDF5.
+
+    Returns:
+        The size of the written file in bytes.
+    """
+    import warnings
+
+    from fuse_cli.files import publish
+
+    def write(tmp: Path) -> None:
+        cache_keras_skipsets()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save(tmp)
+
+    suffix = ".keras" if out.suffix.lower() == ".keras" else ".h5"
+    return publish(out, write, check=check, suffix=suffix)
 
 
 def load_models(

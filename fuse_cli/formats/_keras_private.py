@@ -131,16 +131,58 @@ def cache_keras_skipsets() -> None:
         return
 
 
-def node_outputs(layer: Any) -> list[list[Any]]:
-    """Each call of `layer` in its model's graph: the symbolic tensors that call outputs.
+# --- private attributes of Keras's graph objects ---------------------------------------------
+# Keras 3 keeps a functional graph in private attributes: which layer call made a symbolic
+# tensor (`_keras_history`), a layer's calls (`_inbound_nodes`), every layer inside a
+# layer (`_flatten_layers`), the mask travelling beside a tensor (`_keras_mask`).
 
-    Keras keeps a layer's calls in the private `_inbound_nodes`; a Keras that moves it
-    yields no calls here (the activation bound then counts only the inputs).
+
+def keras_history(tensor: Any) -> tuple[Any, int, int] | None:
+    """`(layer, node_index, tensor_index)` of the call that made a symbolic tensor, or None
+    for a tensor that no layer made."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    layer, node_index, tensor_index = history
+    return layer, int(node_index), int(tensor_index)
+
+
+def inbound_nodes(layer: Any) -> list[Any]:
+    """Each call of `layer` in the graphs it is part of (Keras's nodes), in order.
+
+    Raises:
+        KerasInternalsError: A Keras layer without them (a release that moved them).
     """
     nodes = getattr(layer, "_inbound_nodes", None)
-    if not isinstance(nodes, list):
-        return []
-    return [list(getattr(node, "outputs", None) or []) for node in nodes]
+    if nodes is None:
+        raise KerasInternalsError(
+            f"the installed Keras {_keras_version()} keeps no Layer._inbound_nodes, which "
+            "fuse needs to read a model's graph; install a Keras release fuse supports "
+            "(pip install 'keras>=3.15.1,<4') or upgrade fuse-cli"
+        )
+    return list(nodes)
+
+
+def node_outputs(layer: Any) -> list[list[Any]]:
+    """Each call of `layer` in its model's graph: the symbolic tensors that call outputs."""
+    return [list(getattr(node, "outputs", None) or []) for node in inbound_nodes(layer)]
+
+
+def all_layers(layer: Any) -> list[Any]:
+    """`layer` and every layer inside it (nested models, wrappers), depth first."""
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is None:
+        raise KerasInternalsError(
+            f"the installed Keras {_keras_version()} has no Layer._flatten_layers, which "
+            "fuse needs to walk nested models; install a Keras release fuse supports "
+            "(pip install 'keras>=3.15.1,<4') or upgrade fuse-cli"
+        )
+    return list(flatten(include_self=True, recursive=True))
+
+
+def keras_mask(tensor: Any) -> Any | None:
+    """The mask Keras carries beside a tensor, or None."""
+    return getattr(tensor, "_keras_mask", None)
 
 
 # --- the variable budget ------------------------------------------------------------------

@@ -535,10 +535,13 @@ Refusal = Callable[[Config, str], "str | None"]
 
 
 def _version_tuple(version: str) -> tuple[int, ...] | None:
-    parts = version.split("-", 1)[0].split(".")
-    if not parts or not all(p.isdigit() for p in parts):
+    """`(2, 2, 4)` of `2.2.4` or `2.2.4-tf`; None when no release can be read."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version.split("-", 1)[0]).release
+    except InvalidVersion:
         return None
-    return tuple(int(p) for p in parts)
 
 
 def _resizes_like_tensorflow_1(version: str) -> bool:

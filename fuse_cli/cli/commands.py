@@ -1,0 +1,403 @@
+"""The commands: parse options, call one library function, show its report.
+
+Each command checks what needs no model first, then imports Keras quietly, then runs
+one library call under `emit`, which shows progress, warnings and the report (or the
+JSON object).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from fuse_cli import render
+from fuse_cli.choices import ExportFormat, InputsMode, Metric, Mode
+from fuse_cli.cli.app import app, command, emit, import_keras_quietly
+from fuse_cli.cli.options import (
+    AllowMixedOption,
+    AssumeNonnegativeOption,
+    BatchSizeOption,
+    DataOption,
+    DebugOption,
+    FileNamesAreNotOptions,
+    JsonOption,
+    MembersArgument,
+    ModeOption,
+    NameOption,
+    NoShareOption,
+    NoVerifyOption,
+    OffsetOption,
+    OutputOption,
+    RenormalizeOption,
+    RescaleOption,
+    SkipBadOption,
+    ToProbabilitiesOption,
+    UnsafeOption,
+    merge_options,
+    parse_scale,
+)
+
+if TYPE_CHECKING:
+    from fuse_cli.images import ImageOptions
+    from fuse_cli.report import MergeReport
+
+
+@app.command(cls=FileNamesAreNotOptions)
+def merge(
+    models: MembersArgument,
+    output: OutputOption,
+    mode: ModeOption = Mode.SUM,
+    weight: Annotated[
+        float | None,
+        typer.Option("--weight", "-w", help="Two models only: weights are (A, 1-A), 0 <= A <= 1.",
+                     show_default=False),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", metavar="W1,W2,...", show_default=False,
+                     help="One weight per model, >= 0, not all zero; normalized to sum to 1. "
+                     "Default: equal weights."),
+    ] = None,
+    inputs: Annotated[
+        InputsMode,
+        typer.Option("--inputs", case_sensitive=False,
+                     help="shared: one input fed to every member; separate: one input per "
+                     "member, in the order given; auto: shared when compatible."),
+    ] = InputsMode.AUTO,
+    renormalize: RenormalizeOption = False,
+    assume_nonnegative: AssumeNonnegativeOption = False,
+    allow_mixed_outputs: AllowMixedOption = False,
+    to_probabilities: ToProbabilitiesOption = False,
+    name: NameOption = "ensemble",
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip reloading OUTPUT and checking the formula "
+                           "(and the parity of --export artifacts).")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Load and check everything, print the plan (members, "
+                           "inputs, formula, where each file would go) and write nothing. "
+                           "Exit code as the merge would give: 0, 2, 3, 4 or 5.")
+    ] = False,
+    export: Annotated[
+        list[ExportFormat] | None,
+        typer.Option("--export", case_sensitive=False, show_default=False,
+                     help="Also write a deployable artifact beside OUTPUT, checked for parity "
+                     "(repeatable): saved_model → OUT_saved_model/, litert → OUT.tflite, "
+                     "onnx → OUT.onnx."),
+    ] = None,
+    no_share: NoShareOption = False,
+    unsafe: UnsafeOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Merge MODELS into one weighted-sum or weighted-product model and verify it.
+
+    Examples:
+
+      fuse merge a.keras b.h5 --weight 0.3 -o ensemble.keras    # 0.3·a + 0.7·b
+
+      fuse merge a.keras b.keras c.keras --mode product -o ens.keras
+
+      fuse merge a.keras b.h5 -o ensemble.keras --dry-run     # check only, write nothing
+    """
+    with command("merge", debug=debug, json_output=json_output):
+        from fuse_cli.planning import check_request
+
+        options = merge_options(
+            mode=mode, inputs=inputs, weight=weight, weights=weights, renormalize=renormalize,
+            assume_nonnegative=assume_nonnegative, allow_mixed_outputs=allow_mixed_outputs,
+            to_probabilities=to_probabilities, name=name, force=force, no_verify=no_verify,
+            no_share=no_share, unsafe=unsafe, debug=debug, exports=export,
+        )
+        # Every check that needs no model, before TensorFlow is imported.
+        request = check_request(models, output, options)
+        import_keras_quietly(debug)
+        from fuse_cli.merge import merge_request, plan_request
+
+        if dry_run:
+            emit("merge", json_output, lambda say: plan_request(request, progress=say),
+                 render.print_merge_plan)
+            return
+        emit("merge", json_output, lambda say: merge_request(request, progress=say),
+             _show_merge)
+
+
+def _show_merge(report: MergeReport) -> None:
+    render.print_merge_report(report)
+    render.print_exports(report.exports)
+
+
+# --- export, inspect and verify ---
+
+
+@app.command("export", cls=FileNamesAreNotOptions)
+def export_command(
+    merged: Annotated[
+        Path, typer.Argument(help="A model file written by `fuse merge` (or any .keras / .h5 "
+                             "model).", show_default=False)
+    ],
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option("--format", "-f", case_sensitive=False, show_default=False,
+                     help="saved_model: a TensorFlow SavedModel folder; litert: a .tflite file; "
+                     "onnx: a .onnx file (needs pip install 'fuse-cli\\[onnx]')."),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the artifact.",
+                           show_default=False)
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    no_verify: NoVerifyOption = False,
+    unsafe: UnsafeOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Export MERGED as a SavedModel, LiteRT or ONNX artifact that needs nothing of fuse.
+
+    The artifact is run in its own runtime (tf.saved_model, the LiteRT interpreter,
+    onnxruntime) on a fixed batch and compared with the Keras model; if it disagrees
+    (beyond 1e-5), nothing is written and the exit code is 6.
+
+    Examples:
+
+      fuse export ensemble.keras --format onnx -o ensemble.onnx
+
+      fuse export ensemble.keras --format saved_model -o ensemble_saved_model
+    """
+    with command("export", debug=debug, json_output=json_output):
+        import_keras_quietly(debug)
+        from fuse_cli.export import export_file
+
+        emit("export", json_output,
+             lambda say: export_file(merged, [(fmt, output)], force=force,
+                                     verify=not no_verify, unsafe=unsafe, quiet=not debug,
+                                     progress=say),
+             lambda run: render.print_exports(run.exports))
+
+
+@app.command("inspect", cls=FileNamesAreNotOptions)
+def inspect_command(
+    models: Annotated[
+        list[Path], typer.Argument(help="One or more model files (.keras or legacy .h5).",
+                                   show_default=False)
+    ],
+    unsafe: UnsafeOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show each model's format, inputs, outputs, activations, size and SHA-256.
+
+    For a merged file: its mode, weights and each member's source file and SHA-256.
+    For several files: whether `fuse merge` can combine them and, if not, why.
+    """
+    with command("inspect", debug=debug, json_output=json_output):
+        import_keras_quietly(debug)
+        from fuse_cli.inspection import inspect_files
+
+        emit("inspect", json_output,
+             lambda say: inspect_files(models, unsafe=unsafe, progress=say),
+             render.print_inspect_report)
+
+
+@app.command("verify", cls=FileNamesAreNotOptions)
+def verify_command(
+    merged: Annotated[
+        Path, typer.Argument(help="A model file written by `fuse merge`.", show_default=False)
+    ],
+    members: Annotated[
+        list[Path] | None,
+        typer.Argument(help="The original member files, in the order they were merged: each "
+                       "must have the recorded SHA-256 and compute what its embedded copy "
+                       "does.", show_default=False),
+    ] = None,
+    unsafe: UnsafeOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Re-check MERGED: its formula on its embedded members, and its recorded members.
+
+    Exit code 6 on any disagreement.
+
+    Examples:
+
+      fuse verify ensemble.keras
+
+      fuse verify ensemble.keras a.keras b.h5
+    """
+    with command("verify", debug=debug, json_output=json_output):
+        import_keras_quietly(debug)
+        from fuse_cli.verification import verify_file
+
+        emit("verify", json_output,
+             lambda say: verify_file(merged, members or [], unsafe=unsafe, progress=say),
+             render.print_verify_report)
+
+
+# --- evaluate and tune ---
+
+
+def _image_options(scale: float | None, offset: float | None, skip_bad: bool) -> ImageOptions:
+    from fuse_cli.images import ImageOptions  # imports Keras: after _import_keras_quietly
+
+    return ImageOptions(rescale=scale, offset=offset, skip_bad=skip_bad)
+
+
+def _quiet_retracing(debug: bool) -> None:
+    """Silence TensorFlow's retracing notices (kept with --debug).
+
+    Each model's predict function traces once for full batches and once for the last,
+    shorter one; TensorFlow counts those traces across models and warns.
+    """
+    if not debug:
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+@app.command("evaluate", cls=FileNamesAreNotOptions)
+def evaluate_command(
+    models: Annotated[
+        list[Path], typer.Argument(help="Model files: members or merged models.",
+                                   show_default=False)
+    ],
+    data: DataOption,
+    save_predictions: Annotated[
+        Path | None,
+        typer.Option("--save-predictions", metavar="P.npz", show_default=False,
+                     help="Also write every model's predictions, the labels and each "
+                     "model's SHA-256 to P.npz, for fuse tune --predictions."),
+    ] = None,
+    rescale: RescaleOption = None,
+    offset: OffsetOption = None,
+    skip_bad_images: SkipBadOption = False,
+    batch_size: BatchSizeOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the --save-predictions file if it exists.")
+    ] = False,
+    unsafe: UnsafeOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Score each model on labelled data: accuracy and log-loss.
+
+    Log-loss divides each output row by its sum and clips the label's probability to
+    [1e-7, 1 - 1e-7], as Keras's cross-entropy does; it is n/a for outputs that are not
+    probabilities.
+
+    Examples:
+
+      fuse evaluate a.keras b.h5 ensemble.keras --data heldout.npz
+
+      fuse evaluate a.keras b.keras --data photos/ --rescale 1/127.5 --offset -1
+
+      fuse evaluate a.keras b.keras --data photos/ --save-predictions p.npz
+    """
+    with command("evaluate", debug=debug, json_output=json_output):
+        scale = parse_scale(rescale)
+        import_keras_quietly(debug)
+        _quiet_retracing(debug)
+        images = _image_options(scale, offset, skip_bad_images)
+        from fuse_cli.evaluation import evaluate_files
+
+        emit("evaluate", json_output,
+             lambda say, advance: evaluate_files(
+                 models, data, batch_size=batch_size, unsafe=unsafe, images=images,
+                 save=save_predictions, force=force, progress=say, advance=advance),
+             render.print_evaluation, bars=True)
+
+
+@app.command("tune", cls=FileNamesAreNotOptions)
+def tune_command(
+    models: MembersArgument,
+    output: OutputOption,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", show_default=False,
+                     help="An .npz file ('x' and 'y') or a folder of images with one "
+                     "subfolder per class; see fuse evaluate --help."),
+    ] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option("--predictions", metavar="P.npz", show_default=False,
+                     help="Search on predictions saved by fuse evaluate --save-predictions "
+                     "(or written elsewhere in its format) instead of running the members; "
+                     "refused if their SHA-256s are not the MODELS'."),
+    ] = None,
+    mode: ModeOption = Mode.SUM,
+    metric: Annotated[
+        Metric, typer.Option("--metric", case_sensitive=False,
+                             help="What the weights optimize on the fit part.")
+    ] = Metric.LOG_LOSS,
+    cv: Annotated[
+        int, typer.Option("--cv", metavar="K",
+                          help="Choose the weights by K-fold cross-validation (stratified, "
+                          "fixed seed): search on K-1 folds, score on the one left out, "
+                          "average the K weights; 0: one search on every row to fit.")
+    ] = 5,
+    holdout: Annotated[
+        float, typer.Option("--holdout", metavar="FRACTION",
+                            help="Share of the rows held out of everything (the search and "
+                            "the folds) and scored after it (fixed seed, stratified).")
+    ] = 0.0,
+    rescale: RescaleOption = None,
+    offset: OffsetOption = None,
+    skip_bad_images: SkipBadOption = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", metavar="FILE.png", show_default=False,
+                     help="Plot the score against the weight (two models) or along the "
+                     "search (more). Needs pip install 'fuse-cli\\[plot]'."),
+    ] = None,
+    renormalize: RenormalizeOption = False,
+    assume_nonnegative: AssumeNonnegativeOption = False,
+    allow_mixed_outputs: AllowMixedOption = False,
+    to_probabilities: ToProbabilitiesOption = False,
+    name: NameOption = "ensemble",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace OUTPUT (and the plot) if it exists.")
+    ] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip reloading OUTPUT and checking the formula.")
+    ] = False,
+    batch_size: BatchSizeOption = None,
+    no_share: NoShareOption = False,
+    unsafe: UnsafeOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Find the weights from labelled data, then merge MODELS with them and verify.
+
+    Each model runs once over the data (or not at all, with --predictions); the weights
+    are searched (an exact grid for two models, Caruana's greedy selection for more) by
+    K-fold cross-validation, each fold scored by weights that never saw it.
+
+    Examples:
+
+      fuse tune a.keras b.h5 --data val.npz -o ensemble.keras --plot search.png
+
+      fuse tune a.keras b.keras --data photos/ --rescale 1/127.5 --offset -1 -o ens.keras
+
+      fuse tune a.keras b.keras --predictions p.npz -o ensemble.keras
+    """
+    with command("tune", debug=debug, json_output=json_output):
+        scale = parse_scale(rescale)
+        merge = merge_options(
+            mode=mode, renormalize=renormalize, assume_nonnegative=assume_nonnegative,
+            allow_mixed_outputs=allow_mixed_outputs, to_probabilities=to_probabilities,
+            name=name, force=force, no_verify=no_verify, no_share=no_share, unsafe=unsafe,
+            debug=debug,
+        )
+        import_keras_quietly(debug)
+        _quiet_retracing(debug)
+        images = _image_options(scale, offset, skip_bad_images)
+        from fuse_cli.tuning import TuneOptions, tune_files
+
+        options = TuneOptions(merge=merge, metric=metric, holdout=holdout, cv=cv,
+                              batch_size=batch_size, images=images, predictions=predictions,
+                              plot=plot)
+        emit("tune", json_output,
+             lambda say, advance: tune_files(models, data, output, options, progress=say,
+                                             advance=advance),
+             render.print_tune_report, bars=True)

@@ -1,0 +1,212 @@
+"""The options the commands share, declared once, and the parsers of their values.
+
+`merge` and `tune` share the merge option group (mode, inputs, output kinds, name,
+sharing, safety): one declaration each here, one `merge_options` that turns them into
+the library's `MergeOptions`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from typer.core import TyperCommand
+
+from fuse_cli import render
+from fuse_cli.choices import ExportFormat, InputsMode, Mode
+from fuse_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from fuse_cli.planning import MergeOptions
+
+DebugOption = Annotated[
+    bool, typer.Option("--debug", help="Show the traceback of an internal error.")
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the report as one JSON object on stdout, only that.")
+]
+UnsafeOption = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe",
+        help="Allow code-carrying layers (Lambda) from files you trust. Off by default: "
+        "such files are refused (exit 3).",
+    ),
+]
+
+
+MembersArgument = Annotated[
+    list[Path],
+    typer.Argument(help="Two or more model files (.keras or legacy .h5).", show_default=False),
+]
+OutputOption = Annotated[
+    Path,
+    typer.Option("--output", "-o", help="The merged model: .keras (default format), "
+                 ".h5 or .hdf5 (legacy).", show_default=False),
+]
+ModeOption = Annotated[
+    Mode, typer.Option("--mode", "-m", case_sensitive=False,
+                       help="sum: Σ w_i·y_i. product: Π y_i^w_i (weighted geometric mean).")
+]
+RenormalizeOption = Annotated[
+    bool, typer.Option("--renormalize", help="Product mode: divide by the sum over the last axis.")
+]
+AssumeNonnegativeOption = Annotated[
+    bool, typer.Option("--assume-nonnegative",
+                       help="Product mode: accept members whose last activation does not "
+                       "prove outputs >= 0.")
+]
+NameOption = Annotated[str, typer.Option("--name", help="Name of the merged model.")]
+AllowMixedOption = Annotated[
+    bool, typer.Option("--allow-mixed-outputs",
+                       help="Sum mode: add members whose outputs are of different kinds "
+                       "(probabilities from softmax/sigmoid, raw scores from a linear last "
+                       "layer) as they are. Default: exit 4.")
+]
+ToProbabilitiesOption = Annotated[
+    bool, typer.Option("--to-probabilities",
+                       help="Append softmax (sigmoid for a single unit) to raw-score members "
+                       "before combining, so they add up with probability members.")
+]
+NoShareOption = Annotated[
+    bool, typer.Option("--no-share", help="Keep every member whole: do not compute a backbone "
+                       "that members fed one input share (same config and bit-identical "
+                       "weights) only once.")
+]
+
+
+NoVerifyOption = Annotated[
+    bool, typer.Option("--no-verify", help="Skip running the artifact and checking its parity.")
+]
+
+
+DataOption = Annotated[
+    Path,
+    typer.Option("--data", "-d", show_default=False,
+                 help="An .npz file: 'x' (or 'x0', 'x1', ... for several inputs) and 'y' "
+                 "(class indices or one-hot), one row per example; or a folder of images "
+                 "with one subfolder per class (keras.utils.image_dataset_from_directory), "
+                 "streamed and resized to each model's input size."),
+]
+BatchSizeOption = Annotated[
+    int | None,
+    typer.Option("--batch-size", show_default=False,
+                 help="Rows per predict batch. Default: 256 rows of an .npz file, 32 images."),
+]
+RescaleOption = Annotated[
+    str | None,
+    typer.Option("--rescale", metavar="SCALE", show_default=False,
+                 help="Images: multiply pixel values (0-255) by SCALE, as "
+                 "keras.layers.Rescaling; a number or a fraction such as 1/255 or 1/127.5."),
+]
+OffsetOption = Annotated[
+    float | None,
+    typer.Option("--offset", metavar="OFFSET", show_default=False,
+                 help="Images: add OFFSET after --rescale (Teachable Machine models: "
+                 "--rescale 1/127.5 --offset -1)."),
+]
+SkipBadOption = Annotated[
+    bool, typer.Option("--skip-bad-images",
+                       help="Images: leave out files that cannot be decoded, counted in a "
+                       "warning, instead of stopping (exit 3).")
+]
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    """Parse `--weights 0.2,0.3,0.5`.
+
+    Raises:
+        UsageError: A value that is not a number.
+    """
+    if text is None:
+        return None
+    values = []
+    for piece in text.split(","):
+        try:
+            values.append(float(piece.strip()))
+        except ValueError:
+            raise UsageError(
+                f"--weights: {piece.strip()!r} is not a number (in {text!r})"
+            ) from None
+    return values
+
+
+def parse_scale(text: str | None) -> float | None:
+    """Parse `--rescale 0.5`, `1/255` or `1/127.5`.
+
+    Raises:
+        UsageError: Not a finite number or fraction.
+    """
+    if text is None:
+        return None
+    try:
+        top, _, bottom = text.partition("/")
+        value = float(top) / float(bottom) if bottom else float(top)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"--rescale: {text!r} is not a number or a fraction such as 1/255"
+                         ) from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise UsageError(f"--rescale: {text!r} is not finite")
+    return value
+
+
+def merge_options(
+    *,
+    mode: Mode,
+    inputs: InputsMode = InputsMode.AUTO,
+    weight: float | None = None,
+    weights: str | None = None,
+    renormalize: bool,
+    assume_nonnegative: bool,
+    allow_mixed_outputs: bool,
+    to_probabilities: bool,
+    name: str,
+    force: bool,
+    no_verify: bool,
+    no_share: bool,
+    unsafe: bool,
+    debug: bool,
+    exports: list[ExportFormat] | None = None,
+) -> MergeOptions:
+    """The merge option group as the library's `MergeOptions` (merge's and tune's)."""
+    from fuse_cli.planning import MergeOptions
+
+    return MergeOptions(
+        mode=mode, weight=weight, weights=parse_weights(weights), inputs=inputs,
+        renormalize=renormalize, assume_nonnegative=assume_nonnegative,
+        allow_mixed_outputs=allow_mixed_outputs, to_probabilities=to_probabilities,
+        name=name, force=force, verify=not no_verify, unsafe=unsafe, share=not no_share,
+        exports=list(exports or []), quiet=not debug,
+    )
+
+
+class FileNamesAreNotOptions(TyperCommand):
+    """A command that refuses an option whose name is also a file in the working folder.
+
+    `fuse merge * -o OUT` in a folder holding a file named `--unsafe` would otherwise
+    turn unsafe mode on: the shell expands `*` to that name, and it reads as the option.
+    Nothing after `--` is an option, so `fuse merge -o OUT -- *` is always safe.
+    """
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        """Check the raw arguments before they are parsed as options."""
+        refuse_options_named_like_files(args)
+        return super().parse_args(ctx, args)
+
+
+def refuse_options_named_like_files(args: list[str]) -> None:
+    """Exit 2 if an option on the command line (before `--`) names a file in this folder."""
+    for arg in args:
+        if arg == "--":
+            return
+        if arg.startswith("-") and arg != "-" and os.path.lexists(arg):
+            render.print_error(
+                f"{arg} is given as an option but is also a file in this folder (a glob such "
+                f"as * may have expanded to it); put -- before the file names, e.g. "
+                f"fuse merge -o OUT -- *"
+            )
+            raise typer.Exit(2)
+
+

@@ -1,0 +1,112 @@
+"""What every merge method is: one object that owns its options, checks, layer, formula
+and scores.
+
+A method is looked up by its `--mode` name in `fuse_cli.methods.METHODS`; nothing else in
+fuse branches on the mode. The merged file's combining layer is the method's
+(`fuse_cli.layers`, registered as `fuse><layer_name>`); the numpy reference that
+verification compares the file with, and the scores tune's search optimizes, come from
+the same object, so the layer, the proof and the search cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+    from fuse_cli.planning import MergeOptions
+
+Transforms = list[list[str | None]]
+
+
+class MergeMethod(ABC):
+    """One way of combining member outputs, e.g. the weighted sum.
+
+    Attributes:
+        name: The `--mode` value.
+        layer_name: The class name of its combining layer in `fuse_cli.layers`.
+        summary: One line for help texts and reports.
+    """
+
+    name: str
+    layer_name: str
+    summary: str
+
+    # --- before anything is built ----------------------------------------------------
+
+    def check_options(self, options: MergeOptions) -> None:
+        """Refuse options that do not apply to this method (exit 2).
+
+        Raises:
+            UsageError: Naming the option and the mode it is for.
+        """
+        return None
+
+    @abstractmethod
+    def check_members(
+        self, models: Sequence[keras.Model], labels: Sequence[str], options: MergeOptions
+    ) -> Transforms:
+        """Whether these members' outputs can be combined this way (exit 4 if not).
+
+        Returns:
+            Per member and output, the activation `--to-probabilities` appends, or None.
+        """
+
+    # --- the merged graph ------------------------------------------------------------
+
+    def layer_class(self) -> type[Any]:
+        """The combining layer (imports Keras)."""
+        from fuse_cli import layers
+
+        return getattr(layers, self.layer_name)  # type: ignore[no-any-return]
+
+    def layer_arguments(self, options: MergeOptions) -> dict[str, Any]:
+        """Arguments of the combining layer beyond its coefficients."""
+        return {}
+
+    # --- the numpy reference -----------------------------------------------------------
+
+    @abstractmethod
+    def combine(
+        self, outputs: Sequence[np.ndarray], coefficients: Sequence[float], renormalize: bool
+    ) -> np.ndarray:
+        """The formula of DESIGN §2 on one head, in float64."""
+
+    @abstractmethod
+    def formula_text(
+        self, labels: Sequence[str], weights: Sequence[float], renormalize: bool
+    ) -> str:
+        """The formula in words, e.g. `0.3 * a.keras + 0.7 * b.h5`."""
+
+    # --- tune's search -----------------------------------------------------------------
+
+    def search_values(self, block: np.ndarray) -> np.ndarray:
+        """Member outputs as the search combines them linearly (the sum: as they are)."""
+        return block
+
+    def probabilities(self, combined: np.ndarray) -> np.ndarray:
+        """A single sigmoid column's probability from `search_values` combined linearly."""
+        return combined
+
+    @abstractmethod
+    def label_log_probability(
+        self, combined: np.ndarray, true: np.ndarray, top: np.ndarray, low: float, high: float
+    ) -> np.ndarray:
+        """`log p(label)` per row from the linear combination of `search_values`.
+
+        Args:
+            combined: `(G, C, m)`, one combination per weight vector, class-major.
+            true: `(G, m)`, the combination's value at each row's label.
+            top: `(G, m)`, its largest value over the classes.
+            low: The smallest probability counted (clipping, as Keras's cross-entropy).
+            high: The largest.
+        """
+
+    def check_scores(self, output: np.ndarray, label: str, data: str) -> None:
+        """Refuse outputs this method cannot combine, seen on data (exit 4)."""
+        return None
