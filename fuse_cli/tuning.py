@@ -12,7 +12,6 @@ with the tuning recorded in the file's provenance.
 from __future__ import annotations
 
 import importlib.util
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fuse_cli.choices import Metric, Mode
-from fuse_cli.data import SPLIT_SEED, Dataset, split_rows, stratified_folds
+from fuse_cli.data import SPLIT_SEED, Dataset
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
     Advance,
@@ -36,26 +35,21 @@ from fuse_cli.evaluation import (
     read_any,
     restrict,
 )
-from fuse_cli.files import Destination, publish
+from fuse_cli.files import Destination
 from fuse_cli.formats import load_models, sha256_of
-from fuse_cli.formula import apply_activation, reference
+from fuse_cli.formula import apply_activation
 from fuse_cli.images import ImageFolder, ImageOptions
 from fuse_cli.merge import execute
 from fuse_cli.planning import MergeOptions, MergePlan, check_request, make_plan
+from fuse_cli.plotting import plot_search
 from fuse_cli.predictions import Predictions, check_provenance, read_predictions
 from fuse_cli.provenance import tuning_record
 from fuse_cli.report import MergeReport, Progress
 from fuse_cli.search import (
     CrossValidation,
-    Ensembler,
-    Scores,
-    SearchResult,
     are_probabilities,
-    as_rows,
-    cross_validate,
-    score,
-    search_weights,
 )
+from fuse_cli.selection import PartScores, Search, choose_weights
 
 if TYPE_CHECKING:
     pass
@@ -63,25 +57,6 @@ if TYPE_CHECKING:
 HOLDOUT = 0.0
 CV_FOLDS = 5  # chosen by measurement: benchmarks/cv_default.py, README "Cross-validation"
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-
-
-@dataclass
-class PartScores:
-    """Scores on one part of the data: each member, the tuned ensemble, equal weights."""
-
-    rows: int
-    members: list[Scores]
-    ensemble: Scores
-    equal_weights: Scores
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
-        return {
-            "rows": self.rows,
-            "members": [s.to_dict() for s in self.members],
-            "ensemble": self.ensemble.to_dict(),
-            "equal_weights": self.equal_weights.to_dict(),
-        }
 
 
 @dataclass(frozen=True)
@@ -246,7 +221,9 @@ def tune_files(
     else:
         assert data is not None
         outputs, y = _member_outputs(plan, data, options, say, advance)
-    search = _search(outputs, y, options, say)
+    search = choose_weights(outputs, y, method=options.merge.method,
+                            renormalize=options.merge.renormalize, metric=options.metric.value,
+                            holdout=options.holdout, cv=options.cv, say=say)
     notes = ([] if data is None else data_notes(data)) + _tune_warnings(
         list(plan.labels), search.weights, search.fit, search.held, search.cv, options)
     tuning = _provenance(_describe_source(saved, data, len(y)), search, options)
@@ -278,45 +255,6 @@ def tune_files(
         report.plot = str(options.plot)
     report.elapsed_seconds = time.perf_counter() - start
     return report
-
-
-@dataclass(frozen=True)
-class Search:
-    """What the search found: the weights, and the scores and path that back them."""
-
-    weights: list[float]
-    result: SearchResult
-    cv: CrossValidation | None
-    fit: PartScores
-    held: PartScores | None
-    path: list[dict[str, Any]]
-
-
-def _search(
-    outputs: Sequence[np.ndarray], y: np.ndarray, options: TuneOptions, say: Progress
-) -> Search:
-    """Hold rows out, cross-validate and search the weights, and score the result."""
-    fit_rows, held_rows = split_rows(y, options.holdout)
-    metric = options.metric.value
-    cv = None
-    if options.cv:
-        say(f"cross-validating the weights ({metric}, {options.cv} folds) on "
-            f"{len(fit_rows)} rows")
-        folds = stratified_folds(y[fit_rows], options.cv)
-        cv = cross_validate([o[fit_rows] for o in outputs], y[fit_rows], folds,
-                            options.mode, metric)  # type: ignore[arg-type]
-    say(f"searching weights ({metric}) on {len(fit_rows)} rows")
-    fit = Ensembler([as_rows(o[fit_rows]) for o in outputs], y[fit_rows], options.mode)
-    result = search_weights(fit, metric)  # type: ignore[arg-type]
-    weights = cv.weights if cv else result.weights
-    return Search(
-        weights=weights,
-        result=result,
-        cv=cv,
-        fit=_part_scores(outputs, y, fit_rows, weights, options),
-        held=_part_scores(outputs, y, held_rows, weights, options) if len(held_rows) else None,
-        path=_path_scores(result, outputs, y, held_rows, options.mode),
-    )
 
 
 def _describe_source(saved: Predictions | None, data: Data | None, rows: int) -> dict[str, Any]:
@@ -422,53 +360,6 @@ def _saved_outputs(
     return outputs, saved.y.astype(np.int64)
 
 
-def _ensemble_output(
-    outputs: Sequence[np.ndarray], rows: np.ndarray, weights: Sequence[float], options: TuneOptions
-) -> np.ndarray:
-    members = [[o[rows]] for o in outputs]
-    return reference(members, weights, options.mode, options.merge.renormalize)[0]
-
-
-def _part_scores(
-    outputs: Sequence[np.ndarray],
-    y: np.ndarray,
-    rows: np.ndarray,
-    weights: Sequence[float],
-    options: TuneOptions,
-) -> PartScores:
-    """Exact scores (float64, the formula of DESIGN §2) on the given rows."""
-    labels = y[rows]
-    equal = [1 / len(outputs)] * len(outputs)
-    return PartScores(
-        rows=len(rows),
-        members=[score(o[rows], labels) for o in outputs],
-        ensemble=score(_ensemble_output(outputs, rows, weights, options), labels),
-        equal_weights=score(_ensemble_output(outputs, rows, equal, options), labels),
-    )
-
-
-def _path_scores(
-    result: SearchResult,
-    outputs: Sequence[np.ndarray],
-    y: np.ndarray,
-    held_rows: np.ndarray,
-    mode: Mode,
-) -> list[dict[str, Any]]:
-    """The search path with its fit scores and, computed afterwards, its held-out scores."""
-    held: list[dict[str, float | None]] | list[None] = [None] * len(result.path)
-    if len(held_rows):
-        part = Ensembler([as_rows(o[held_rows]) for o in outputs], y[held_rows], mode)
-        accuracy, log_loss = part.scores(result.path)
-        held = [
-            {"accuracy": float(a), "log_loss": None if math.isnan(loss) else float(loss)}
-            for a, loss in zip(accuracy, log_loss, strict=True)
-        ]
-    return [
-        {"weights": w, "fit": s.to_dict(), "heldout": h}
-        for w, s, h in zip(result.path, result.scores, held, strict=True)
-    ]
-
-
 def _tune_warnings(
     labels: Sequence[str],
     weights: Sequence[float],
@@ -507,37 +398,3 @@ def _tune_warnings(
             f"than {label} alone ({best:.4g}): the weights may not generalize"
         )
     return notes
-
-
-def plot_search(report: TuneReport, chosen: int, path: Path) -> None:
-    """Draw the score along the search (two members: against the first weight).
-
-    Written through `fuse_cli.files.publish`, like the model. Needs matplotlib (`pip install
-    'fuse-cli[plot]'`).
-
-    Raises:
-        OutputError: The file cannot be written.
-    """
-    from matplotlib.figure import Figure  # optional: the plot extra
-
-    metric = report.metric
-    points = report.path
-    two = len(report.files) == 2
-    xs = [p["weights"][0] for p in points] if two else list(range(1, len(points) + 1))
-    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
-    axes = figure.subplots()
-    for part, style in (("fit", "-"), ("heldout", "--")):
-        ys = [p[part][metric] if p[part] else None for p in points]
-        if any(v is not None for v in ys):
-            rows = report.fit.rows if part == "fit" else (report.heldout or report.fit).rows
-            name = "fit" if part == "fit" else "held out"
-            axes.plot(xs, [float("nan") if v is None else v for v in ys], style,
-                      label=f"{name} ({rows} rows)")
-    axes.axvline(report.weights[0] if two else xs[chosen], color="gray", linewidth=0.8,
-                 label="chosen")
-    axes.set_xlabel(f"weight of {report.files[0]} ({report.files[1]}: 1 - w)" if two
-                    else "round of greedy selection")
-    axes.set_ylabel(metric.replace("_", "-"))
-    axes.set_title(f"fuse tune: {report.merge.mode}, {len(report.files)} members")
-    axes.legend()
-    publish(path, lambda tmp: figure.savefig(tmp), label=f"--plot {path}")

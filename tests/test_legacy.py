@@ -29,7 +29,7 @@ import pytest  # noqa: E402
 from helpers import validated  # noqa: E402
 
 from fuse_cli.errors import ModelLoadError  # noqa: E402
-from fuse_cli.formats import hdf5, legacy_rules  # noqa: E402
+from fuse_cli.formats import hdf5, legacy_refusals, legacy_rules  # noqa: E402
 from fuse_cli.formats.hdf5 import load_legacy_h5  # noqa: E402
 from fuse_cli.formats.legacy_rules import migrate_config  # noqa: E402
 
@@ -824,14 +824,14 @@ def test_bilinear_upsampling_from_a_tf2_writer_loads(tmp_path: Path) -> None:
     ],
 )
 def test_which_writers_resized_like_tensorflow_1(version: str, tf1: bool) -> None:
-    assert legacy_rules._resizes_like_tensorflow_1(version) is tf1
+    assert legacy_refusals._resizes_like_tensorflow_1(version) is tf1
 
 
 def test_nearest_upsampling_is_never_refused() -> None:
     up = layer("UpSampling2D", name="up", interpolation="nearest", size=[2, 2])
-    assert legacy_rules.refusal(sequential(up), "2.2.4") is None
+    assert legacy_refusals.refusal(sequential(up), "2.2.4") is None
     bilinear = layer("UpSampling2D", name="up", interpolation="bilinear", size=[2, 2])
-    assert "'up'" in str(legacy_rules.refusal(sequential(bilinear), "2.2.4"))
+    assert "'up'" in str(legacy_refusals.refusal(sequential(bilinear), "2.2.4"))
 
 
 def test_cli_inspect_shows_the_rules_applied(tmp_path: Path) -> None:

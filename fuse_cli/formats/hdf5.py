@@ -19,7 +19,8 @@ from typing import IO, TYPE_CHECKING, Any
 from fuse_cli.errors import FuseError, ModelLoadError, first_line
 from fuse_cli.formats import _keras_private
 from fuse_cli.formats.failures import describe_load_failure, is_unsafe_refusal
-from fuse_cli.formats.legacy_rules import Config, migrate_config, misread_silently, refusal
+from fuse_cli.formats.legacy_refusals import refusal
+from fuse_cli.formats.legacy_rules import Config, migrate_config, misread_silently
 from fuse_cli.formats.screening import (
     attr_text,
     check_config,

@@ -6,66 +6,39 @@ decoded JSON in place and says whether it changed anything; `migrate_config` app
 them all to a copy, in order. The rules only edit data: they never import, call or
 unmarshal anything named by the file, so a `Lambda` is still refused in safe mode on
 the migrated path (`fuse_cli.formats.hdf5` loads the result).
+
+This module holds the structural rules and the ordered list of all of them (`RULES`);
+the rules on layer arguments and activations are in `legacy_arguments`, the helpers
+that walk a config in `legacy_config`, and the refusals in `legacy_refusals`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
 from typing import Any
 
-Config = dict[str, Any]
-Rule = Callable[[Config], bool]
+from fuse_cli.formats.legacy_arguments import (
+    KERAS2_HARD_SIGMOID,
+    rule_conv_groups,
+    rule_gru_reset_after,
+    rule_initializer_dtype,
+    rule_keras2_hard_sigmoid,
+    rule_layer_activation_module,
+    rule_rnn_time_major,
+    rule_separable_conv_kernel_arguments,
+    rule_spatial_dropout_arguments,
+)
+from fuse_cli.formats.legacy_config import (
+    _MODEL_CLASSES,
+    Config,
+    Rule,
+    layer_entries,
+    layers_of,
+    objects,
+)
 
-_MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
-
-
-# --- walking a config ---------------------------------------------------------------
-
-
-def objects(node: Any) -> Iterator[Config]:
-    """Yield every serialized object (a dict with `class_name` and `config`), depth first.
-
-    This reaches layers inside Sequential and Functional models, inside wrappers such as
-    Bidirectional and TimeDistributed, and also initializers and other nested objects,
-    which the rules skip by class name.
-    """
-    if isinstance(node, dict):
-        if isinstance(node.get("class_name"), str) and "config" in node:
-            yield node
-        for value in node.values():
-            yield from objects(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from objects(value)
-
-
-def _layers_of(model_config: Any) -> list[Config] | None:
-    """The `layers` list of a Sequential/Functional config body, or None."""
-    if isinstance(model_config, dict) and isinstance(model_config.get("layers"), list):
-        return model_config["layers"]
-    return None
-
-
-def _drop_keys(config: Any, *keys: str) -> bool:
-    """Remove `keys` from a layer config dict; whether any was there."""
-    if not isinstance(config, dict):
-        return False
-    found = [key for key in keys if key in config]
-    for key in found:
-        del config[key]
-    return bool(found)
-
-
-def _drop_if_equal(config: Any, key: str, value: Any) -> bool:
-    """Remove `key` from a layer config dict when it holds exactly `value` (same type)."""
-    if not isinstance(config, dict) or key not in config:
-        return False
-    stored = config[key]
-    if type(stored) is not type(value) or stored != value:
-        return False
-    del config[key]
-    return True
+__all__ = ["KERAS2_HARD_SIGMOID", "RULES", "Config", "Rule", "migrate_config",
+           "misread_silently", "objects", "rule_name"]
 
 
 # --- the rewrite rules --------------------------------------------------------------
@@ -94,7 +67,7 @@ def _declared_input(layer: Config) -> tuple[list[Any], str] | None:
     """The batch input shape and dtype a layer (or nested model) declares, if any."""
     body = layer.get("config")
     if layer.get("class_name") in _MODEL_CLASSES:
-        layers = _layers_of(body)
+        layers = layers_of(body)
         return _declared_input(layers[0]) if layers else None
     if isinstance(body, dict) and isinstance(body.get("batch_input_shape"), list):
         dtype = body.get("dtype")
@@ -117,7 +90,7 @@ def rule_sequential_input_layer(config: Config) -> bool:
     """
     changed = False
     for obj in list(objects(config)):
-        layers = _layers_of(obj["config"]) if obj["class_name"] == "Sequential" else None
+        layers = layers_of(obj["config"]) if obj["class_name"] == "Sequential" else None
         if not layers or layers[0].get("class_name") == "InputLayer":
             continue
         declared = _declared_input(layers[0])
@@ -137,13 +110,6 @@ def rule_sequential_input_layer(config: Config) -> bool:
         layers.insert(0, input_layer)
         changed = True
     return changed
-
-
-def _layer_entries(config: Config) -> Iterator[Config]:
-    """Every layer entry of every model (Sequential, Functional) in the config."""
-    for obj in list(objects(config)):
-        if obj["class_name"] in _MODEL_CLASSES:
-            yield from (e for e in _layers_of(obj["config"]) or [] if isinstance(e, dict))
 
 
 def _has_keras2_module_path(entry: Config) -> bool:
@@ -172,129 +138,11 @@ def rule_keras2_module_paths(config: Config) -> bool:
     objects (a `registered_name` of their own) stay as stored.
     """
     changed = False
-    for entry in _layer_entries(config):
+    for entry in layer_entries(config):
         if _has_keras2_module_path(entry):
             del entry["module"]
             entry.pop("registered_name", None)
             changed = True
-    return changed
-
-
-_CONV_WITHOUT_GROUPS = frozenset(
-    {
-        "DepthwiseConv1D",
-        "DepthwiseConv2D",
-        "SeparableConv1D",
-        "SeparableConv2D",
-        "Conv1DTranspose",
-        "Conv2DTranspose",
-        "Conv3DTranspose",
-    }
-)
-
-
-def rule_conv_groups(config: Config) -> bool:
-    """Drop `groups: 1` from convolutions that take no `groups` argument in Keras 3.
-
-    Writers: tf.keras 2.3+ (which added `groups`) and tf-keras (the `Conv` base writes it;
-    DepthwiseConv2D, SeparableConv2D and the transposed convolutions inherit it; seen
-    with 2.21.0), e.g. Teachable Machine's `keras_model.h5` (MobileNet).
-    Keras 3.15.1 fails with `Error when deserializing class 'DepthwiseConv2D'` caused by
-    `Unrecognized keyword arguments passed to DepthwiseConv2D: {'groups': 1}`.
-    Only the value 1 (a plain convolution) is dropped; any other value stays, and so
-    does the error.
-    """
-    changed = False
-    for obj in objects(config):
-        if obj["class_name"] in _CONV_WITHOUT_GROUPS:
-            changed |= _drop_if_equal(obj["config"], "groups", 1)
-    return changed
-
-
-def rule_separable_conv_kernel_arguments(config: Config) -> bool:
-    """Drop the unused `kernel_*` arguments from SeparableConv1D/2D configs.
-
-    Writers: tf.keras 2.x and tf-keras (SeparableConv inherits them from `Conv` although
-    it builds `depthwise_kernel` and `pointwise_kernel`; seen with 2.21.0). Standalone
-    Keras 2 removed them. Keras 3.15.1 fails with `Unrecognized keyword arguments passed
-    to SeparableConv2D: {..., 'kernel_initializer': ..., 'kernel_regularizer': None,
-    'kernel_constraint': None}`. The layer never used them, so nothing changes.
-    """
-    changed = False
-    for obj in objects(config):
-        if obj["class_name"] in ("SeparableConv1D", "SeparableConv2D"):
-            body = obj["config"]
-            changed |= _drop_keys(
-                body, "kernel_initializer", "kernel_regularizer", "kernel_constraint"
-            )
-    return changed
-
-
-def rule_spatial_dropout_arguments(config: Config) -> bool:
-    """Drop `trainable` and `noise_shape` from SpatialDropout1D/2D/3D configs.
-
-    Writers: every Keras 2 (the Dropout base config carries both; seen with tf-keras
-    2.21.0). Keras 3.15.1 fails with `SpatialDropout2D.__init__() got an unexpected
-    keyword argument 'trainable'`. The layer has no weights and computes its own noise
-    shape, which is the one the Keras 2 layer used; at inference it is the identity.
-    """
-    changed = False
-    for obj in objects(config):
-        if obj["class_name"] in ("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"):
-            changed |= _drop_keys(obj["config"], "trainable", "noise_shape")
-    return changed
-
-
-def rule_rnn_time_major(config: Config) -> bool:
-    """Drop `time_major: false` from recurrent layer configs.
-
-    Writers: tf.keras (TF 1.14+/2.x) and tf-keras, whose RNN configs carry `time_major`
-    (seen with 2.21.0), including layers wrapped in Bidirectional. Keras 3.15.1 fails
-    with `Unrecognized keyword arguments passed to LSTM: {'time_major': False}`.
-    Only `false` (batch-major, Keras 3's only layout) is dropped; a time-major layer
-    would compute something else in Keras 3, so `true` stays, and so does the error.
-    """
-    changed = False
-    for obj in objects(config):
-        if obj["class_name"] in ("LSTM", "GRU", "SimpleRNN", "RNN"):
-            changed |= _drop_if_equal(obj["config"], "time_major", False)
-    return changed
-
-
-_INITIALIZERS = frozenset(
-    {
-        "Constant",
-        "GlorotNormal",
-        "GlorotUniform",
-        "HeNormal",
-        "HeUniform",
-        "Identity",
-        "LecunNormal",
-        "LecunUniform",
-        "Ones",
-        "Orthogonal",
-        "RandomNormal",
-        "RandomUniform",
-        "TruncatedNormal",
-        "VarianceScaling",
-        "Zeros",
-    }
-)
-
-
-def rule_initializer_dtype(config: Config) -> bool:
-    """Drop `dtype` from initializer configs.
-
-    Writers: tf.keras of TF 1.x (`keras_version` `2.1.6-tf`, `2.2.4-tf`; seen with
-    2.1.6-tf), whose initializers (`GlorotUniform`, `Zeros`, ...) kept the dtype they
-    were built with. Keras 3.15.1 fails with `GlorotUniform.__init__() got an
-    unexpected keyword argument 'dtype'`. An initializer only draws the starting
-    weights, which the file's weights replace, so nothing computed changes.
-    """
-    changed = False
-    for obj in objects(config):
-        if obj["class_name"] in _INITIALIZERS:
-            changed |= _drop_keys(obj["config"], "dtype")
     return changed
 
 
@@ -326,7 +174,7 @@ def rule_nested_functional_single_io(config: Config) -> bool:
         if obj is config or obj["class_name"] not in ("Functional", "Model"):
             continue
         body = obj["config"]
-        if not isinstance(body, dict) or _layers_of(body) is None:
+        if not isinstance(body, dict) or layers_of(body) is None:
             continue
         for key in ("input_layers", "output_layers"):
             ref = _single_tensor(body.get(key))
@@ -406,7 +254,7 @@ def rule_rnn_initial_state_nodes(config: Config) -> bool:
     for obj in list(objects(config)):
         if obj["class_name"] not in ("Functional", "Model"):
             continue
-        for entry in _layers_of(obj["config"]) or []:
+        for entry in layers_of(obj["config"]) or []:
             nodes = entry.get("inbound_nodes") if isinstance(entry, dict) else None
             if entry.get("class_name") not in _RECURRENT or not isinstance(nodes, list):
                 continue
@@ -418,96 +266,6 @@ def rule_rnn_initial_state_nodes(config: Config) -> bool:
     return changed
 
 
-def rule_gru_reset_after(config: Config) -> bool:
-    """Give a GRU without `reset_after` the `reset_after: false` it computed with.
-
-    Writers: standalone Keras 2.0–2.1.3, whose GRU had no `reset_after` argument (it
-    applied the reset gate before the recurrent kernel, as `reset_after=False` does;
-    keras-team/keras#9112 added the argument in 2.1.4); later writers store it.
-    Keras 3.15.1 defaults to `reset_after=True`, a different function with a (2, 3 *
-    units) bias, and fails on the file's (3 * units,) bias; with the stored value it
-    computes Keras 2's GRU.
-    """
-    changed = False
-    for obj in objects(config):
-        body = obj["config"]
-        if obj["class_name"] == "GRU" and isinstance(body, dict) and "reset_after" not in body:
-            body["reset_after"] = False
-            changed = True
-    return changed
-
-
-# Keras layers that Keras 2 let a layer use as its activation (`Dense(activation=
-# LeakyReLU(0.1))`); they have no weights of their own.
-_ACTIVATION_LAYERS = frozenset({"Activation", "ELU", "LeakyReLU", "ReLU", "Softmax"})
-
-
-def rule_layer_activation_module(config: Config) -> bool:
-    """Name Keras's layer module for an activation that is a layer (`LeakyReLU`, ...).
-
-    Writers: tf.keras 2.x before 2.13 (seen with 2.11.0), which stored `Dense(...,
-    activation=LeakyReLU(alpha=0.1))` as an activation `{"class_name": "LeakyReLU",
-    "config": {...}}` without a module. Keras 3.15.1 looks such an activation up with its
-    new-format deserializer and fails with `Could not locate class 'LeakyReLU'`. The
-    module added is `keras.layers`; the layer keeps its config (Keras 3's LeakyReLU
-    reads Keras 2's `alpha` as `negative_slope`, the same function). Only weightless
-    activation layers are touched.
-    """
-    changed = False
-    for body, key in _activation_slots(config):
-        value = body[key]
-        if (
-            isinstance(value, dict)
-            and value.get("class_name") in _ACTIVATION_LAYERS
-            and "module" not in value
-        ):
-            value["module"] = "keras.layers"
-            value["registered_name"] = None
-            changed = True
-    return changed
-
-
-def _activation_slots(config: Config) -> Iterator[tuple[Config, str]]:
-    """Every `(layer config, key)` whose key names an activation (`activation`,
-    `recurrent_activation`)."""
-    for obj in list(objects(config)):
-        body = obj["config"]
-        if isinstance(body, dict):
-            for key in ("activation", "recurrent_activation"):
-                if key in body:
-                    yield body, key
-
-
-# The serialized `fuse_cli.layers.Keras2HardSigmoid`, a registered activation object.
-KERAS2_HARD_SIGMOID: Config = {
-    "module": "fuse_cli.layers",
-    "class_name": "Keras2HardSigmoid",
-    "config": {},
-    "registered_name": "fuse>Keras2HardSigmoid",
-}
-
-
-def rule_keras2_hard_sigmoid(config: Config) -> bool:
-    """Replace the activation `hard_sigmoid` with Keras 2's definition of it.
-
-    Writers: every Keras 2 (standalone, tf.keras, tf-keras; seen with 2.1.5–2.2.5 and
-    2.2.4-tf), where `hard_sigmoid(x) = clip(0.2 * x + 0.5, 0, 1)`; it was the default
-    `recurrent_activation` of LSTM and GRU up to Keras 2.2.5 and of ConvLSTM2D in every
-    Keras 2, so their configs name it. Keras 3.15.1 loads such a file *without an error*
-    but defines `hard_sigmoid(x) = relu6(x + 3) / 6`, another function: the predictions
-    differ from the writer's (relative error 8e-3 on a 2.2.4-tf GRU). The activation is
-    replaced by `fuse>Keras2HardSigmoid` (`fuse_cli.layers`), a `keras.ops` expression
-    of the Keras 2 function.
-    """
-    changed = False
-    for body, key in _activation_slots(config):
-        if body[key] == "hard_sigmoid":
-            body[key] = copy.deepcopy(KERAS2_HARD_SIGMOID)
-            changed = True
-    return changed
-
-
-# Order matters: the list form must become a dict before an InputLayer can be added.
 RULES: tuple[Rule, ...] = (
     rule_sequential_list_config,
     rule_sequential_input_layer,
@@ -527,92 +285,6 @@ RULES: tuple[Rule, ...] = (
 
 # Forms Keras 3 may load without an error, building a model that differs from the file.
 _SILENT_MISREADS: tuple[Rule, ...] = (rule_sequential_input_layer, rule_keras2_hard_sigmoid)
-
-
-# --- refusals: what no rewrite makes exact ----------------------------------------
-
-Refusal = Callable[[Config, str], "str | None"]
-
-
-def _version_tuple(version: str) -> tuple[int, ...] | None:
-    """`(2, 2, 4)` of `2.2.4` or `2.2.4-tf`; None when no release can be read."""
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        return Version(version.split("-", 1)[0]).release
-    except InvalidVersion:
-        return None
-
-
-def _resizes_like_tensorflow_1(version: str) -> bool:
-    """Whether Keras `version` resized images with TF 1's `resize_bilinear` (or may have)."""
-    numbers = _version_tuple(version)
-    if numbers is None:
-        return True  # no version recorded: the writer cannot be placed
-    if version.endswith("-tf"):
-        return numbers <= (2, 2, 4)  # tf.keras of TF 1.x (2.2.4-tf is TF 1.13–2.0)
-    return numbers < (2, 4)  # standalone Keras; 2.4+ is tf.keras of TF 2.2+
-
-
-def refuse_tf1_bilinear_upsampling(config: Config, version: str) -> str | None:
-    """Refuse a bilinear UpSampling2D written by a Keras that resized like TensorFlow 1.
-
-    Writers: standalone Keras 2.2.3–2.3.1 (which added `interpolation`) and tf.keras of
-    TF 1.x (`2.1.6-tf`, `2.2.4-tf`), whose `resize_images` called TF 1's
-    `resize_bilinear` without half-pixel centers; a file with no `keras_version` too,
-    since its writer cannot be placed. Keras 3.15.1 (like tf.keras of TF 2 and
-    tf-keras, hence the corpus references) resizes with `tf.image.resize`, which
-    samples at half-pixel centers: the same weights compute another function, and it
-    loads without an error. No rewrite can express the old sampling with Keras 3's
-    layers, so the file is refused, naming the layer. `nearest` (the default) computes
-    the same in both and loads.
-    """
-    if not _resizes_like_tensorflow_1(version):
-        return None
-    for obj in objects(config):
-        body = obj["config"]
-        if obj["class_name"] != "UpSampling2D" or not isinstance(body, dict):
-            continue
-        if body.get("interpolation") == "bilinear":
-            return (
-                f"layer {body.get('name')!r} (UpSampling2D, bilinear) was computed by "
-                f"Keras {version} with TensorFlow 1's resize_bilinear, which Keras 3 does "
-                "not reproduce (it samples at half-pixel centers)"
-            )
-    return None
-
-
-def refuse_tf_op_layers(config: Config, version: str) -> str | None:
-    """Refuse the layers tf.keras made from TensorFlow functions (`TFOpLambda`).
-
-    Writers: tf.keras 2.4–2.15 and tf-keras (seen with 2.10.0 and 2.12.0), which record
-    a TensorFlow function called on a Keras tensor (`tf.gather(x, ...)`, `x[:, 0]`) as
-    a `TFOpLambda` or `SlicingOpLambda` layer naming the function (`compat.v1.gather`,
-    `__operators__.getitem`). Keras 3.15.1 has no such layers and fails with `Unknown
-    layer: 'SlicingOpLambda'`; building them would mean calling TensorFlow functions the
-    file names, and no rule maps them to Keras 3 operations exactly. The refusal names
-    the layer and the function.
-    """
-    for obj in objects(config):
-        body = obj["config"]
-        if obj["class_name"] in ("TFOpLambda", "SlicingOpLambda") and isinstance(body, dict):
-            return (
-                f"layer {body.get('name')!r} ({obj['class_name']}) calls the TensorFlow "
-                f"function {body.get('function')!r} by name, which Keras 3 cannot build"
-            )
-    return None
-
-
-REFUSALS: tuple[Refusal, ...] = (refuse_tf1_bilinear_upsampling, refuse_tf_op_layers)
-
-
-def refusal(config: Config, version: str) -> str | None:
-    """Why `config`, written by Keras `version`, cannot be loaded exactly; None if it can."""
-    for check in REFUSALS:
-        reason = check(config, version)
-        if reason:
-            return reason
-    return None
 
 
 def rule_name(rule: Rule) -> str:

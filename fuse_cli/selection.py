@@ -1,0 +1,164 @@
+"""Choosing the weights from predictions: hold rows out, cross-validate, search, and
+score members, the chosen ensemble and equal weights, exactly (float64, the merge
+method's own formula). numpy only: `fuse tune` runs the members, this decides.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fuse_cli.choices import Mode
+from fuse_cli.data import split_rows, stratified_folds
+from fuse_cli.methods import MergeMethod
+from fuse_cli.report import Progress
+from fuse_cli.search import (
+    CrossValidation,
+    Ensembler,
+    Scores,
+    SearchResult,
+    as_rows,
+    cross_validate,
+    score,
+    search_weights,
+)
+
+
+@dataclass
+class PartScores:
+    """Scores on one part of the data: each member, the tuned ensemble, equal weights."""
+
+    rows: int
+    members: list[Scores]
+    ensemble: Scores
+    equal_weights: Scores
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return {
+            "rows": self.rows,
+            "members": [s.to_dict() for s in self.members],
+            "ensemble": self.ensemble.to_dict(),
+            "equal_weights": self.equal_weights.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the search found: the weights, and the scores and path that back them."""
+
+    weights: list[float]
+    result: SearchResult
+    cv: CrossValidation | None
+    fit: PartScores
+    held: PartScores | None
+    path: list[dict[str, Any]]
+
+
+def choose_weights(
+    outputs: Sequence[np.ndarray],
+    y: np.ndarray,
+    *,
+    method: MergeMethod,
+    renormalize: bool,
+    metric: str,
+    holdout: float,
+    cv: int,
+    say: Progress,
+) -> Search:
+    """Hold rows out, cross-validate and search the weights, and score the result.
+
+    Args:
+        outputs: Each member's outputs on every row (what the merged model combines).
+        y: The class index of every row.
+        method: The merge method.
+        renormalize: Product mode: renormalized (changes no score; kept for the record).
+        metric: `accuracy` or `log_loss`.
+        holdout: The share of rows held out of everything and scored after.
+        cv: Folds for the weights (0: one search on every row to fit).
+        say: Progress.
+    """
+    mode = Mode(method.name)
+    fit_rows, held_rows = split_rows(y, holdout)
+    folds_k = cv
+    found = None
+    if folds_k:
+        say(f"cross-validating the weights ({metric}, {folds_k} folds) on "
+            f"{len(fit_rows)} rows")
+        folds = stratified_folds(y[fit_rows], folds_k)
+        found = cross_validate([o[fit_rows] for o in outputs], y[fit_rows], folds,
+                               mode, metric)  # type: ignore[arg-type]
+    say(f"searching weights ({metric}) on {len(fit_rows)} rows")
+    fit = Ensembler([as_rows(o[fit_rows]) for o in outputs], y[fit_rows], mode)
+    result = search_weights(fit, metric)  # type: ignore[arg-type]
+    weights = found.weights if found else result.weights
+
+    def scores(rows: np.ndarray) -> PartScores:
+        return _part_scores(outputs, y, rows, weights, method, renormalize)
+
+    return Search(
+        weights=weights,
+        result=result,
+        cv=found,
+        fit=scores(fit_rows),
+        held=scores(held_rows) if len(held_rows) else None,
+        path=_path_scores(result, outputs, y, held_rows, mode),
+    )
+
+
+def _ensemble_output(
+    outputs: Sequence[np.ndarray],
+    rows: np.ndarray,
+    weights: Sequence[float],
+    method: MergeMethod,
+    renormalize: bool,
+) -> np.ndarray:
+    ys = [np.asarray(o[rows], dtype=np.float64) for o in outputs]
+    return method.combine(ys, weights, renormalize)
+
+
+def _part_scores(
+    outputs: Sequence[np.ndarray],
+    y: np.ndarray,
+    rows: np.ndarray,
+    weights: Sequence[float],
+    method: MergeMethod,
+    renormalize: bool,
+) -> PartScores:
+    """Exact scores (float64, the formula of DESIGN §2) on the given rows."""
+    labels = y[rows]
+    equal = [1 / len(outputs)] * len(outputs)
+    return PartScores(
+        rows=len(rows),
+        members=[score(o[rows], labels) for o in outputs],
+        ensemble=score(_ensemble_output(outputs, rows, weights, method, renormalize), labels),
+        equal_weights=score(_ensemble_output(outputs, rows, equal, method, renormalize), labels),
+    )
+
+
+def _path_scores(
+    result: SearchResult,
+    outputs: Sequence[np.ndarray],
+    y: np.ndarray,
+    held_rows: np.ndarray,
+    mode: Mode,
+) -> list[dict[str, Any]]:
+    """The search path with its fit scores and, computed afterwards, its held-out scores."""
+    held: list[dict[str, float | None]] | list[None] = [None] * len(result.path)
+    if len(held_rows):
+        part = Ensembler([as_rows(o[held_rows]) for o in outputs], y[held_rows], mode)
+        accuracy, log_loss = part.scores(result.path)
+        held = [
+            {"accuracy": float(a), "log_loss": None if math.isnan(loss) else float(loss)}
+            for a, loss in zip(accuracy, log_loss, strict=True)
+        ]
+    return [
+        {"weights": w, "fit": s.to_dict(), "heldout": h}
+        for w, s, h in zip(result.path, result.scores, held, strict=True)
+    ]
+
+
