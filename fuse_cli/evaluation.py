@@ -304,17 +304,8 @@ def evaluate_files(
                                    images=images, advance=advance), model.name))
         del model, loaded
     rows = common_rows([r for r, _ in runs])
-    models, notes = [], data_notes(data)
-    outputs, labels = [], np.zeros(0)
-    for (run, name), label in zip(runs, file_labels(files), strict=True):
-        output, labels = restrict(run, rows)
-        outputs.append(output)
-        scores = score(output, labels)
-        if not are_probabilities(output):
-            notes.append(f"{label}: outputs are not probabilities (values below 0 or above "
-                         "1 for one column): no log-loss")
-        models.append(ModelEvaluation(label, name, shape_text(output.shape[1:]),
-                                      scores.accuracy, scores.log_loss))
+    models, outputs, labels, notes = _scores(runs, rows, file_labels(files))
+    notes = data_notes(data) + notes
     if save is not None:
         say(f"writing {save}")
         save_predictions(Predictions(
@@ -331,6 +322,27 @@ def evaluate_files(
         skipped=len(data.bad) if isinstance(data, ImageFolder) else 0,
         predictions=str(save) if save is not None else None,
     )
+
+
+def _scores(
+    runs: Sequence[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str]],
+    rows: np.ndarray,
+    labels: Sequence[str],
+) -> tuple[list[ModelEvaluation], list[np.ndarray], np.ndarray, list[str]]:
+    """Each model's scores on the rows every run covers; its outputs there, the labels,
+    and a note for each model whose outputs are not probabilities."""
+    models, outputs, notes = [], [], []
+    y = np.zeros(0)
+    for (run, name), label in zip(runs, labels, strict=True):
+        output, y = restrict(run, rows)
+        outputs.append(output)
+        scores = score(output, y)
+        if not are_probabilities(output):
+            notes.append(f"{label}: outputs are not probabilities (values below 0 or above "
+                         "1 for one column): no log-loss")
+        models.append(ModelEvaluation(label, name, shape_text(output.shape[1:]),
+                                      scores.accuracy, scores.log_loss))
+    return models, outputs, y, notes
 
 
 def check_batch_size(batch_size: int | None) -> None:

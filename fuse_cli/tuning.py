@@ -246,8 +246,7 @@ def tune_files(
         elapsed_seconds=0.0,
         warnings=notes + merged.warnings,
         cv=search.cv,
-        source="predictions" if saved is not None else (
-            "images" if isinstance(data, ImageFolder) else "data"),
+        source=_source_kind(saved, data),
     )
     if options.plot is not None:
         say(f"plotting {options.plot}")
@@ -255,6 +254,13 @@ def tune_files(
         report.plot = str(options.plot)
     report.elapsed_seconds = time.perf_counter() - start
     return report
+
+
+def _source_kind(saved: Predictions | None, data: Data | None) -> str:
+    """`predictions`, `images` or `data` (an .npz file): what the rows came from."""
+    if saved is not None:
+        return "predictions"
+    return "images" if isinstance(data, ImageFolder) else "data"
 
 
 def _describe_source(saved: Predictions | None, data: Data | None, rows: int) -> dict[str, Any]:

@@ -186,3 +186,55 @@ def test_a_moved_keras_internal_is_one_clear_line_not_the_files_fault(
     assert f"the installed Keras {keras.__version__} has no {module}.{name}" in lines[0]
     assert "cannot load model" not in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "e.keras").exists()
+
+
+# --- the shape of the package (issue: plan once, then execute) ---------------------------
+
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 80
+PRIVATE_KERAS_ATTRIBUTES = ("_keras_history", "_inbound_nodes", "_flatten_layers", "_keras_mask")
+
+
+def test_no_module_over_500_lines() -> None:
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in _modules()}
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_no_function_over_80_lines() -> None:
+    """A typer command counts from its body: its signature is its option declarations."""
+    long = {}
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = node.body[0].lineno if path.parent.name == "cli" else node.lineno
+                length = node.end_lineno - first + 1  # type: ignore[operator]
+                if length > MAX_FUNCTION_LINES:
+                    long[f"{path.relative_to(PACKAGE)}:{node.name}"] = length
+    assert long == {}
+
+
+def test_private_keras_attributes_only_in_keras_private() -> None:
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in _modules()
+        if path.name != "_keras_private.py"
+        and any(name in path.read_text() for name in PRIVATE_KERAS_ATTRIBUTES)
+    ]
+    assert offenders == []
+
+
+def test_no_mode_branches_outside_the_methods() -> None:
+    """A method is one module plus one registry line: nothing compares with a mode."""
+    offenders = []
+    for path in _modules():
+        if path.parent.name == "methods":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                parts = [node.left, *node.comparators]
+                if any(isinstance(p, ast.Attribute) and isinstance(p.value, ast.Name)
+                       and p.value.id == "Mode" for p in parts) or any(
+                    isinstance(p, ast.Constant) and p.value in ("sum", "product") for p in parts
+                ):
+                    offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert offenders == []
