@@ -312,7 +312,7 @@ def evaluate_files(
             path=save, y=labels, outputs=outputs, files=[p.name for p in files],
             sha256=digests,
             classes=data.classes if isinstance(data, ImageFolder) else None,
-            data=Path(data_path).name), save)
+            data=Path(data_path).name), save, replace=force)
     return EvaluationReport(
         data=str(data.path),
         rows=len(rows),

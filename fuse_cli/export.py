@@ -182,7 +182,8 @@ def export_file(
     run = ExportRun(source=str(source))
     for fmt, out in targets:
         say(f"exporting {out} ({fmt.value})")
-        run.exports.append(export_model(model, fmt, out, verify=verify, quiet=quiet))
+        run.exports.append(export_model(model, fmt, out, verify=verify, quiet=quiet,
+                                        replace=force))
     return run
 
 
@@ -193,6 +194,7 @@ def export_model(
     *,
     verify: bool = True,
     quiet: bool = True,
+    replace: bool = True,
 ) -> ExportReport:
     """Write one artifact through a temporary path, check it, then move it into place.
 
@@ -219,6 +221,7 @@ def export_model(
         check=check if verify else None,
         directory=fmt is ExportFormat.SAVED_MODEL,
         suffix=_SUFFIXES.get(fmt),
+        replace=replace,
     )
     error, runtime = parity[0] if parity else (None, None)
     return ExportReport(

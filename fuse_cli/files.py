@@ -12,10 +12,13 @@ recognised and removed by the next write to the same destination, and nothing el
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -95,6 +98,7 @@ def check_destinations(
     replaces = []
     for dest in destinations:
         folder = folder_of(dest.path)
+        _check_name_length(dest, folder)
         if not folder.is_dir():
             raise OutputError(f"{dest}: output folder {folder} does not exist")
         if not os.access(folder, os.W_OK | os.X_OK):
@@ -115,6 +119,29 @@ def check_destinations(
             )
         replaces.append(exists)
     return replaces
+
+
+def _check_name_length(dest: Destination, folder: Path) -> None:
+    """OUT's name, and the longer temporary name `publish` gives it, must fit the folder's
+    file system (ENAMETOOLONG would otherwise surface after the work is done).
+
+    Raises:
+        OutputError: The name is too long.
+    """
+    try:
+        limit = os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    name = len(os.fsencode(dest.path.name))
+    # `.<name>.fuse-<pid>-<random>.tmp<suffix>` (or `.old`): what `publish` adds.
+    margin = len(f"..{_TEMP_MARK}{os.getpid()}-") + 8 + len(".tmp") + max(
+        len(os.fsencode(dest.path.suffix)), len(".keras"))
+    if name + margin > limit:
+        raise OutputError(
+            f"{dest}: the name is {name} bytes; this folder takes names of at most {limit} "
+            f"bytes and fuse's temporary name adds {margin}: use a name of at most "
+            f"{max(1, limit - margin)} bytes"
+        )
 
 
 def check_writes(outputs: Sequence[tuple[str, Path]], inputs: Sequence[Path]) -> None:
@@ -183,6 +210,7 @@ def publish(
     directory: bool = False,
     suffix: str | None = None,
     label: str | None = None,
+    replace: bool = True,
 ) -> int:
     """Write `out` through a temporary sibling, then rename it into place.
 
@@ -197,6 +225,9 @@ def publish(
         suffix: The temporary file's last suffix, for writers that insist on one
             (default: `out`'s own).
         label: How `out` is named in messages (default: the path).
+        replace: Replace what is at `out` (`--force`). Without it, a file that appears at
+            `out` while the content is written and checked is never replaced: the
+            rename is refused (`renameat2(RENAME_NOREPLACE)`, or a hard link), exit 5.
 
     Returns:
         The size of what was written, in bytes (a folder: its files added up).
@@ -215,8 +246,13 @@ def publish(
             check(tmp)
         mask = current_umask()
         os.chmod(tmp, (0o755 if directory else 0o644) & ~mask)
-        _rename_into_place(tmp, out, folder)
+        _rename_into_place(tmp, out, folder, replace=replace)
         fsync_dir(folder)
+    except FileExistsError:
+        raise OutputError(
+            f"{shown}: was created by someone else while fuse wrote it; it is left as it is "
+            "(pass --force to replace it)"
+        ) from None
     except OSError as exc:
         raise OutputError(f"{shown}: cannot write: {exc.strerror or exc}") from None
     finally:
@@ -236,7 +272,10 @@ def _temporary(out: Path, *, directory: bool, suffix: str | None) -> Path:
     return Path(name)
 
 
-def _rename_into_place(tmp: Path, out: Path, folder: Path) -> None:
+def _rename_into_place(tmp: Path, out: Path, folder: Path, *, replace: bool) -> None:
+    if not replace:
+        rename_noreplace(tmp, out)
+        return
     if tmp.is_file() and not out.is_dir():
         os.replace(tmp, out)
         return
@@ -254,6 +293,44 @@ def _rename_into_place(tmp: Path, out: Path, folder: Path) -> None:
         raise
     if aside is not None:
         remove_path(aside)
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(source: Path, target: Path) -> None:
+    """Rename `source` to `target` unless something is at `target`, atomically.
+
+    Linux's `renameat2(RENAME_NOREPLACE)`; where the kernel or file system lacks it, a
+    hard link (files, atomic too) or, for a folder, a check just before the rename.
+
+    Raises:
+        FileExistsError: Something is at `target`.
+        OSError: The rename failed otherwise.
+    """
+    rename = getattr(_libc(), "renameat2", None) if sys.platform.startswith("linux") else None
+    if rename is not None:
+        result = rename(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
+                        _RENAME_NOREPLACE)
+        if result == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(code, os.strerror(code), str(target))
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(target))
+    if source.is_dir():
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+        os.rename(source, target)
+        return
+    os.link(source, target)  # raises FileExistsError; the link is the atomic step
+    os.unlink(source)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:

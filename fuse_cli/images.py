@@ -18,6 +18,7 @@ or, with `skip_bad`, is counted and left out of every model's scores.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from fuse_cli.compatibility import TensorSpec
-from fuse_cli.errors import DataError, DataLoadError, IncompatibleModelsError, first_line
+from fuse_cli.errors import (
+    DataError,
+    DataLoadError,
+    IncompatibleModelsError,
+    UsageError,
+    first_line,
+)
 from fuse_cli.report import Advance
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # keras.utils.image_dataset...
@@ -48,6 +55,11 @@ class ImageOptions:
     rescale: float | None = None
     offset: float | None = None
     skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        for option, value in (("--rescale", self.rescale), ("--offset", self.offset)):
+            if value is not None and not math.isfinite(value):
+                raise UsageError(f"{option} must be a finite number; got {value}")
 
 
 @dataclass

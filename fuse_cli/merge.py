@@ -177,7 +177,8 @@ def execute(
         ))
 
     say(f"writing {out}")
-    size = save_model(merged, out, check=verify if options.verify else None)
+    size = save_model(merged, out, check=verify if options.verify else None,
+                      replace=options.force)
     report = MergeReport(
         output=str(out),
         mode=options.mode.value,
@@ -198,7 +199,8 @@ def execute(
     for fmt, path in plan.request.exports:
         say(f"exporting {path} ({fmt.value})")
         report.exports.append(
-            export_model(written, fmt, path, verify=options.verify, quiet=options.quiet)
+            export_model(written, fmt, path, verify=options.verify, quiet=options.quiet,
+                         replace=options.force)
         )
     report.elapsed_seconds = time.perf_counter() - start
     return report

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from fuse_cli.tuning import TuneReport
 
 
-def plot_search(report: TuneReport, chosen: int, path: Path) -> None:
+def plot_search(report: TuneReport, chosen: int, path: Path, *, replace: bool = True) -> None:
     """Draw the score along the search (two members: against the first weight).
 
     Written through `fuse_cli.files.publish`, like the model. Needs matplotlib (`pip install
@@ -43,4 +43,4 @@ def plot_search(report: TuneReport, chosen: int, path: Path) -> None:
     axes.set_ylabel(metric.replace("_", "-"))
     axes.set_title(f"fuse tune: {report.merge.mode}, {len(report.files)} members")
     axes.legend()
-    publish(path, lambda tmp: figure.savefig(tmp), label=f"--plot {path}")
+    publish(path, lambda tmp: figure.savefig(tmp), label=f"--plot {path}", replace=replace)

@@ -59,7 +59,7 @@ class Predictions:
         return self.path.name if self.path else "predictions"
 
 
-def save_predictions(predictions: Predictions, out: Path) -> int:
+def save_predictions(predictions: Predictions, out: Path, *, replace: bool = True) -> int:
     """Write the predictions to `out` through `fuse_cli.files.publish`.
 
     Returns:
@@ -85,7 +85,7 @@ def save_predictions(predictions: Predictions, out: Path) -> int:
         with open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" to the name
             np.savez(f, **arrays)  # type: ignore[arg-type]
 
-    return publish(out, write, label=f"--save-predictions {out}")
+    return publish(out, write, label=f"--save-predictions {out}", replace=replace)
 
 
 def read_predictions(path: str | Path) -> Predictions:

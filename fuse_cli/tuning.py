@@ -250,7 +250,7 @@ def tune_files(
     )
     if options.plot is not None:
         say(f"plotting {options.plot}")
-        plot_search(report, search.result.chosen, options.plot)
+        plot_search(report, search.result.chosen, options.plot, replace=options.merge.force)
         report.plot = str(options.plot)
     report.elapsed_seconds = time.perf_counter() - start
     return report

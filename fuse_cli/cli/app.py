@@ -22,7 +22,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from fuse_cli import __version__, render
-from fuse_cli.errors import FuseError, UsageError
+from fuse_cli.errors import FuseError, UsageError, first_line
 from fuse_cli.native import quiet_native_logs
 from fuse_cli.render import console
 from fuse_cli.schemas import JSON_SCHEMA
@@ -52,7 +52,13 @@ def import_keras_quietly(debug: bool) -> None:
         with quiet_native_logs(True):
             import keras  # noqa: F401
     except ImportError as exc:
-        raise UsageError(f"cannot import Keras: {exc}; reinstall fuse-cli") from None
+        raise UsageError(f"cannot import Keras: {first_line(exc)}; reinstall fuse-cli") from None
+    except Exception as exc:  # Keras reads its config file and KERAS_BACKEND at import
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        raise UsageError(
+            f"cannot import Keras: {first_line(exc)} (Keras reads "
+            f"{os.path.join(home, 'keras.json')} and KERAS_BACKEND at import; fix or remove them)"
+        ) from None
     # Keras reports through absl that .h5 is a legacy format: the user chose it.
     logging.getLogger("absl").setLevel(logging.ERROR)
     # TensorFlow and Keras leave ~360k objects that live as long as the process; frozen,

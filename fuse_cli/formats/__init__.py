@@ -183,7 +183,11 @@ def _too_large(path: Path, stored: int) -> Callable[[int, int], Exception]:
 
 
 def save_model(
-    model: keras.Model, out: Path, check: Callable[[Path], object] | None = None
+    model: keras.Model,
+    out: Path,
+    check: Callable[[Path], object] | None = None,
+    *,
+    replace: bool = True,
 ) -> int:
     """Save `model` to `out` through `fuse_cli.files.publish` (checked before it lands).
 
@@ -204,7 +208,7 @@ def save_model(
             model.save(tmp)
 
     suffix = ".keras" if out.suffix.lower() == ".keras" else ".h5"
-    return publish(out, write, check=check, suffix=suffix)
+    return publish(out, write, check=check, suffix=suffix, replace=replace)
 
 
 def load_models(
