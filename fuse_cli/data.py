@@ -139,6 +139,7 @@ def check_npz_file(path: Path, *, kind: str, expected: str) -> None:
 def check_declared_sizes(path: Path) -> None:
     """Read each array's `.npy` header, allocating nothing: every array must hold what it
     declares, and all together must fit `MARGIN_BYTES + DATA_FACTOR x` the file's size.
+    An array is any member that starts with the `.npy` magic, named `.npy` or not.
 
     Raises:
         DataLoadError: A header that lies, an archive member that expands like a zip
@@ -155,8 +156,11 @@ def check_declared_sizes(path: Path) -> None:
                         f"{path}: {info.filename!r} expands {info.file_size} bytes from "
                         f"{info.compress_size}: refused as a zip bomb"
                     )
-                if not info.filename.endswith(".npy"):
-                    continue
+                # numpy reads any member that starts like an array as one, whatever its
+                # name (`npz["x"]` finds a member named "x"): check them all by content.
+                with zf.open(info) as member:
+                    if member.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                        continue
                 shape, dtype = read_npy_header(zf, info)
                 size = int(np.prod(shape, dtype=object)) * max(1, dtype.itemsize)
                 if size > info.file_size and not dtype.hasobject:  # pickles: refused later

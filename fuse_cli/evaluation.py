@@ -22,6 +22,7 @@ from fuse_cli.data import Dataset, check_inputs, class_labels, read_data
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError, first_line
 from fuse_cli.files import Destination, check_destinations
 from fuse_cli.formats import check_keras, check_model_path, load_model
+from fuse_cli.formula import prediction_batch
 from fuse_cli.images import (
     ImageFolder,
     ImageOptions,
@@ -29,6 +30,7 @@ from fuse_cli.images import (
     image_input,
     predict_folder,
     read_image_folder,
+    screen_images,
 )
 from fuse_cli.predictions import Predictions, save_predictions
 from fuse_cli.report import Advance, Progress, file_labels
@@ -143,7 +145,9 @@ def read_any(path: str | Path, images: ImageOptions | None = None) -> Data:
     """
     path = Path(path)
     if path.is_dir():
-        return read_image_folder(path)
+        folder = read_image_folder(path)
+        screen_images(folder, skip_bad=images is not None and images.skip_bad)
+        return folder
     if images is not None and (images.rescale is not None or images.offset is not None
                                or images.skip_bad):
         raise UsageError(f"--rescale, --offset and --skip-bad-images apply to a folder of "
@@ -186,17 +190,17 @@ def model_outputs(
     check_data(data, model, shape, label)
     if isinstance(data, ImageFolder):
         size = image_input(input_specs(model), label)
+        batch = prediction_batch(model, batch_size or IMAGE_BATCH_SIZE, label)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             output, rows = predict_folder(model, data, label=label, size=size,
                                           options=images or ImageOptions(),
-                                          batch_size=batch_size or IMAGE_BATCH_SIZE,
-                                          advance=advance)
+                                          batch_size=batch, advance=advance)
         check_finite(output, label, data.name)
         return output, data.labels[rows], rows
     found = labels_for(data, shape, label)
-    output = predict(model, data, label=label, batch_size=batch_size or BATCH_SIZE,
-                     advance=advance)
+    output = predict(model, data, label=label, advance=advance,
+                     batch_size=prediction_batch(model, batch_size or BATCH_SIZE, label))
     return output, checked_labels(data, output, found, label), np.arange(data.rows)
 
 

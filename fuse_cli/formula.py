@@ -18,7 +18,7 @@ import numpy as np
 from fuse_cli.choices import Mode
 from fuse_cli.compatibility import TensorSpec, input_specs
 from fuse_cli.errors import IncompatibleModelsError, ModelLoadError, VerificationError
-from fuse_cli.formats._keras_private import node_outputs
+from fuse_cli.formats._keras_private import graph_nodes, node_outputs
 from fuse_cli.formats.screening import size_text
 from fuse_cli.methods import method_for
 
@@ -43,6 +43,10 @@ MAX_SAMPLE_BYTES = 64 * 1024**2
 # model has big activations; a 13 KB file that upsamples to gigabytes does not).
 MAX_ACTIVATION_BYTES = 1024**3
 ACTIVATIONS_PER_WEIGHT_BYTE = 16
+# A prediction pass over data (evaluate, tune) holds at most this much at once: its rows'
+# inputs and, per row, a few of the largest activations (input, output and a residual).
+PREDICT_BYTES = 512 * 1024**2
+LIVE_ACTIVATIONS = 3
 
 
 def sample_bytes(specs: Sequence[TensorSpec], what: str = "the model") -> int:
@@ -108,6 +112,41 @@ def batch_size(
     return max(1, min(BATCH, MAX_BATCH_VALUES // max(1, values), fits))
 
 
+def prediction_batch(model: keras.Model, requested: int, what: str) -> int:
+    """The batch a prediction pass over data may use: `requested` rows, or fewer so that
+    what the batch holds at once stays within `PREDICT_BYTES` (down to one row).
+
+    A compiled predict frees each activation once its last consumer has run, so what a
+    sample holds at once is taken as its input plus `LIVE_ACTIVATIONS` times the largest
+    layer output (or attention scores), not every output added up; whether one sample
+    may run at all is the check batch's rule (`batch_size`).
+
+    Raises:
+        IncompatibleModelsError, ModelLoadError: See `batch_size` (one sample too large).
+    """
+    specs = input_specs(model)
+    batch_size(specs, what, model)
+    per_sample = sample_bytes(specs, what) + LIVE_ACTIVATIONS * peak_bytes(model)
+    return max(1, min(requested, PREDICT_BYTES // max(1, per_sample)))
+
+
+def peak_bytes(model: keras.Model) -> int:
+    """The largest single layer output (or attention score matrices) one sample makes in
+    `model`, nested models included."""
+    import keras
+
+    nodes = graph_nodes(model)
+    if nodes is None:
+        return max((sum(_tensor_bytes(t) for t in outputs) for layer in model.layers
+                    for outputs in node_outputs(layer)), default=0)
+    peak = 0
+    for node in nodes:
+        own = sum(_tensor_bytes(t) for t in node.outputs) + _attention_bytes(node.operation, node)
+        inner = peak_bytes(node.operation) if isinstance(node.operation, keras.Model) else 0
+        peak = max(peak, own, inner)
+    return peak
+
+
 def check_batch_bound(model: keras.Model, what: str) -> None:
     """A model's check batch must be numeric and bounded (see `batch_size`): said before
     anything is built.
@@ -128,21 +167,48 @@ def weight_bytes(model: keras.Model) -> int:
 
 
 def activation_bytes(model: keras.Model) -> int:
-    """The bytes one sample's outputs of every layer of `model` take, nested models' layers
-    included; `None` dims count as `FREE_DIM`, as in the check batch.
-
-    A layer keeps a record of every symbolic call (a Sequential's layers were called
-    while it was built, too), so each layer counts once, at its largest call.
+    """The bytes one sample keeps through `model`: every layer call's outputs (a layer
+    called N times keeps N), nested models' own per call, and what attention layers hold
+    inside (their score matrices, never a layer output); `None` dims count as `FREE_DIM`,
+    as in the check batch.
     """
     import keras
 
+    nodes = graph_nodes(model)
+    if nodes is None:  # not a graph (a subclassed model): each layer at its largest call
+        return sum(max((sum(_tensor_bytes(t) for t in outputs)
+                        for outputs in node_outputs(layer)), default=0)
+                   for layer in model.layers)
     total = 0
-    for layer in model.layers:
-        calls = node_outputs(layer)
-        total += max((sum(_tensor_bytes(t) for t in outputs) for outputs in calls), default=0)
-        if isinstance(layer, keras.Model):
-            total += activation_bytes(layer)
+    for node in nodes:
+        operation = node.operation
+        total += sum(_tensor_bytes(t) for t in node.outputs)
+        total += _attention_bytes(operation, node)
+        if isinstance(operation, keras.Model):
+            total += activation_bytes(operation)
     return total
+
+
+_ATTENTION = {"MultiHeadAttention": "num_heads", "GroupedQueryAttention": "num_query_heads",
+              "Attention": None, "AdditiveAttention": None}
+
+
+def _attention_bytes(layer: Any, node: Any) -> int:
+    """Scores and their softmax, `heads x query length x key length`, float32, twice."""
+    kind = type(layer).__name__
+    if kind not in _ATTENTION:
+        return 0
+    heads_attribute = _ATTENTION[kind]
+    heads = int(getattr(layer, heads_attribute, 1) or 1) if heads_attribute else 1
+    tensors = list(getattr(node, "input_tensors", None) or [])
+    if len(tensors) < 2:
+        return 0
+
+    def length(tensor: Any) -> int:
+        shape = tuple(getattr(tensor, "shape", ()) or ())[1:-1]
+        return math.prod(FREE_DIM if d is None else int(d) for d in shape)
+
+    return 2 * 4 * heads * length(tensors[0]) * length(tensors[1])
 
 
 def _tensor_bytes(tensor: Any) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from fuse_cli.errors import (
     UsageError,
     first_line,
 )
+from fuse_cli.image_headers import MAX_PIXELS, declared_size
 from fuse_cli.report import Advance
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # keras.utils.image_dataset...
@@ -109,6 +111,13 @@ def read_image_folder(path: str | Path) -> ImageFolder:
         classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
     except OSError as exc:
         raise DataLoadError(f"{path}: cannot list: {exc.strerror or exc}") from None
+    inside = os.path.realpath(path)
+    for name in classes:
+        if not _within(path / name, inside):
+            raise DataLoadError(
+                f"{path / name}: a link to {os.path.realpath(path / name)}, outside the "
+                "folder; fuse reads the images inside the folder only (copy them in)"
+            )
     if not classes:
         raise DataError(
             f"{path}: has no class subfolders; expected one folder per class holding its "
@@ -130,6 +139,58 @@ def read_image_folder(path: str | Path) -> ImageFolder:
             f"{' '.join(IMAGE_SUFFIXES)})"
         )
     return ImageFolder(path, classes, files, np.asarray(labels, dtype=np.int64), ignored)
+
+
+def _within(path: Path | str, root: str) -> bool:
+    """Whether `path`, links resolved, is `root` or lies inside it."""
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def screen_images(folder: ImageFolder, *, skip_bad: bool = False) -> None:
+    """Check every image before any is decoded: a regular file inside the folder (no
+    FIFO, device or link leaving it) that declares at most `MAX_PIXELS` pixels (frames
+    included) in its header, whatever its suffix says.
+
+    Args:
+        folder: The listed folder.
+        skip_bad: Record the files that fail in `folder.bad` (left out, counted)
+            instead of stopping.
+
+    Raises:
+        DataLoadError: The first file that fails, without `skip_bad`.
+    """
+    inside = os.path.realpath(folder.path)
+    for row, file in enumerate(folder.files):
+        reason = _refusal(file, inside)
+        if reason is None:
+            continue
+        if not skip_bad:
+            raise DataLoadError(f"{file}: {reason} (--skip-bad-images leaves such files out)")
+        folder.bad[row] = reason
+
+
+def _refusal(file: str, inside: str) -> str | None:
+    """Why one listed file is not read as an image, or None."""
+    try:
+        mode = os.stat(file).st_mode
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if not _within(file, inside):
+        return f"a link to {os.path.realpath(file)}, outside the folder"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, device or socket)"
+    try:
+        with open(file, "rb") as f:
+            declared = declared_size(f)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if declared is not None and declared.pixels > MAX_PIXELS:
+        frames = f" x {declared.frames} frames" if declared.frames > 1 else ""
+        return (f"a {declared.format} image that declares {declared.width:,} x "
+                f"{declared.height:,} pixels{frames}: more than fuse decodes "
+                f"({MAX_PIXELS // 1_000_000} megapixels)")
+    return None
 
 
 def _walk(folder: Path) -> Iterator[str]:

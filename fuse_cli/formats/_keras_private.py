@@ -163,6 +163,32 @@ def inbound_nodes(layer: Any) -> list[Any]:
     return list(nodes)
 
 
+def graph_nodes(model: Any) -> list[Any] | None:
+    """Every layer call (Keras node) in `model`'s own graph, each once, found by walking
+    back from its outputs; None when a tensor has no history (not a graph)."""
+    inputs = {id(t) for t in getattr(model, "inputs", None) or []}
+    found: dict[int, Any] = {}
+    stack = list(getattr(model, "outputs", None) or [])
+    seen: set[int] = set()
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in seen or id(tensor) in inputs:
+            continue
+        seen.add(id(tensor))
+        history = keras_history(tensor)
+        if history is None:
+            return None
+        operation, node_index, _ = history
+        nodes = inbound_nodes(operation)
+        if node_index >= len(nodes):
+            return None
+        node = nodes[node_index]
+        if id(node) not in found:
+            found[id(node)] = node
+            stack.extend(getattr(node, "input_tensors", None) or [])
+    return list(found.values())
+
+
 def node_outputs(layer: Any) -> list[list[Any]]:
     """Each call of `layer` in its model's graph: the symbolic tensors that call outputs."""
     return [list(getattr(node, "outputs", None) or []) for node in inbound_nodes(layer)]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from fuse_cli.errors import FuseError, ModelLoadError, first_line
+from fuse_cli.formats.config_costs import check_config_costs
 
 if TYPE_CHECKING:
     import h5py
@@ -305,7 +306,8 @@ def parse_config(text: str | bytes, path: Path, what: str = "config.json") -> An
 
 
 def check_config(config: dict[str, Any], path: Path) -> None:
-    """Refuse model configs that name modules or functions outside Keras's layers.
+    """Refuse model configs that name modules or functions outside Keras's layers, or
+    declare costs they do not store (`config_costs`).
 
     Keras 3.15.1 refuses these too (CVE-2025-1550, -8747, -9906); fuse checks first,
     so the refusal does not depend on the installed Keras alone, and says why.
@@ -326,6 +328,7 @@ def check_config(config: dict[str, Any], path: Path) -> None:
             value = node.get(key)
             if isinstance(value, str) and re.split(r"[.>]", value)[-1] in GADGETS:
                 raise ModelLoadError(f"{path}: config calls {value!r}, a loading gadget: refused")
+    check_config_costs(config, path)
 
 
 def _dicts(value: Any, path: Path) -> Iterator[dict[str, Any]]:
@@ -418,11 +421,14 @@ def check_hdf5_links(
             )
 
     def visit_once(name: str, link: Any) -> ModelLoadError | None:
-        # h5py cannot pass an exception out of its visit: stop the walk, raise after it
+        # h5py cannot pass an exception out of its visit: stop the walk, raise after it.
+        # Without its traceback: the traceback's frames hold the refused HDF5 object,
+        # which would outlive its file (fuse freezes the heap at exit) and be closed by
+        # HDF5's atexit teardown after Python has shut down: a segfault (exit 139).
         try:
             visit(name, link)
         except ModelLoadError as exc:
-            return exc
+            return exc.with_traceback(None)
         return None
 
     check_weight_names(h5, path, where or "/")
