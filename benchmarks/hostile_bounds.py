@@ -1,9 +1,10 @@
-"""Measure what each hostile file of issue 13 costs `fuse`: exit code, peak memory, time.
+"""Measure what each hostile file of issues 13 and 21 costs `fuse`: exit code, peak memory, time.
 
     python benchmarks/hostile_bounds.py [--out DIR] [--only NAME ...] [--rss-limit-mib N]
                                         [--timeout S] [--json RESULT.json]
 
-Builds the full-size corpus of `tests/hostile2.py` in a scratch folder, then runs the
+Builds the full-size corpus of `tests/hostile2.py` and `tests/hostile3.py` (round 3,
+cases `r3_*`) in a scratch folder, then runs the
 installed `fuse` on each case in its own process, with its own TMPDIR. The parent
 polls the child's resident memory (/proc) and its temp folder, and kills it past
 `--rss-limit-mib` (default 3072: the machine is shared) or `--timeout` seconds, so a
@@ -175,7 +176,92 @@ def build_cases(
     cases.extend(c for c in overwrite_cases(folder, fuse, dense_classifier) if wanted(c[0]))
     if wanted("6_option_injection"):
         cases.append(injection_case(folder, fuse))
+    cases.extend(c for c in round3_cases(folder, fuse, good) if wanted(c[0]))
     return cases
+
+
+def round3_cases(folder: Path, fuse: str, good: Path) -> list:
+    """Issue "hostile inputs, round 3": one case per class, at full size (`tests/hostile3.py`)."""
+    import hostile3 as h3
+    import numpy as np
+
+    nothing: Callable[[], str | None] = lambda: None  # noqa: E731
+    cases: list = []
+
+    def scratch(name: str) -> Path:
+        path = folder / name
+        path.mkdir(exist_ok=True)
+        return path
+
+    def merge_self(name: str, path: Path) -> tuple:
+        return (name, [fuse, "merge", str(path), str(path), "-o", str(folder / f"out_{name}.keras"),
+                       "--force"], folder, nothing)
+
+    def images(name: str, fill: Callable[[Path], object], *extra: str) -> tuple:
+        work = scratch(name)
+        model = h3_image_classifier(work)
+        root = work / "images"
+        for c in ("cat", "dog"):
+            for i in range(3):
+                h3_small_png(root / c / f"{i}.png", i + (10 if c == "dog" else 0))
+        fill(root)
+        return (name, [fuse, "evaluate", str(model), "--data", str(root), *extra], work, nothing)
+
+    cases.append(("r3_1_vds_h5", [fuse, "inspect", str(h3.vds_h5(scratch("vds")))], folder,
+                  nothing))
+    cases.append(("r3_1_vds_keras", [fuse, "inspect", str(h3.vds_keras(scratch("vdsk")))],
+                  folder, nothing))
+    cases.append(("r3_2_numpy_dtype_3.6GB", [fuse, "inspect",
+                  str(h3.numpy_argument_keras(scratch("numpy")))], folder, nothing))
+    cases.append(("r3_2_reversed_config_10k", [fuse, "inspect",
+                  str(h3.reversed_chain_keras(scratch("reversed"), length=10_000))], folder,
+                  nothing))
+    cases.append(merge_self("r3_2_attention_4096", h3.attention_keras(scratch("attention"))))
+    cases.append(merge_self("r3_2_one_layer_800_calls",
+                            h3.repeated_layer_keras(scratch("repeated"))))
+    upsampling = h3.upsampling_classifier_keras(scratch("upsampling"))
+    data = folder / "upsampling" / "rows.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((256, 8, 8, 1), dtype=np.float32), y=rng.integers(0, 3, 256))
+    cases.append(("r3_3_evaluate_upsampling_256_rows", [fuse, "evaluate", str(upsampling),
+                  "--data", str(data)], folder, nothing))
+    cases.append(images("r3_4_png_bomb_30000", lambda r: h3.png_bomb(r / "cat", side=30_000)))
+    cases.append(images("r3_4_webp_header_named_png",
+                        lambda r: h3.webp_bomb_named_png(r / "cat")))
+    cases.append(images("r3_5_fifo_skip_bad", lambda r: os.mkfifo(r / "cat" / "fifo.png"),
+                        "--skip-bad-images"))
+    cases.append(images("r3_5_dev_zero_link",
+                        lambda r: os.symlink("/dev/zero", r / "dog" / "zero.png")))
+    cases.append(images("r3_5_class_link_to_usr", lambda r: os.symlink("/usr", r / "system")))
+    cases.append(("r3_6_npz_without_suffix_1e12", [fuse, "evaluate", str(good), "--data",
+                  str(h3.npz_without_suffix(scratch("nosuffix")))], folder, nothing))
+    other = h3.functional_keras(scratch("other"))
+    cases.append(("r3_8_name_too_long", [fuse, "merge", str(good), str(other), "-o",
+                  str(folder / ("e" * 250 + ".keras"))], folder, nothing))
+    cases.append(("r3_8_weights_overflow", [fuse, "merge", str(good), str(good), "-o",
+                  str(folder / "w.keras"), "--weights", "1e308,1e308"], folder, nothing))
+    cases.append(images("r3_9_offset_nan", lambda r: None, "--offset", "nan"))
+    return cases
+
+
+def h3_image_classifier(folder: Path) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2, activation="softmax")])
+    path = folder / "tiny.keras"
+    model.save(path)
+    return path
+
+
+def h3_small_png(path: Path, seed: int) -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tf.io.encode_png(pixels).numpy())
 
 
 def provenance_cases(folder: Path, fuse: str, good: Path) -> list:
