@@ -11,12 +11,10 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
-import fuse_cli.layers  # noqa: F401  (merged models refer to its layers)
 from fuse_cli.compatibility import input_specs, output_specs, shape_text
 from fuse_cli.data import Dataset, check_inputs, class_labels, read_data
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError, first_line
@@ -35,6 +33,9 @@ from fuse_cli.images import (
 from fuse_cli.predictions import Predictions, save_predictions
 from fuse_cli.report import Advance, Progress, file_labels
 from fuse_cli.search import are_probabilities, score
+
+if TYPE_CHECKING:
+    import keras
 
 BATCH_SIZE = 256  # rows of an .npz file per predict batch
 IMAGE_BATCH_SIZE = 32  # images per batch, as keras.utils.image_dataset_from_directory
@@ -84,6 +85,8 @@ def predict(
         DataError: Keras refuses the data (dtype, shape).
         IncompatibleModelsError: The model yields NaN or inf.
     """
+    import keras
+
     rows = data.rows
     callbacks = []
     if advance is not None:
@@ -249,6 +252,50 @@ def data_notes(data: Data) -> list[str]:
     return notes
 
 
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """`fuse evaluate` as checked before any model loads: files, data (read), options."""
+
+    files: tuple[Path, ...]
+    data_path: Path
+    data: Data
+    batch_size: int | None
+    unsafe: bool
+    images: ImageOptions | None
+    save: Path | None
+    force: bool
+
+
+def check_evaluate(
+    paths: Sequence[str | Path],
+    data_path: str | Path,
+    *,
+    batch_size: int | None = None,
+    unsafe: bool = False,
+    images: ImageOptions | None = None,
+    save: Path | None = None,
+    force: bool = False,
+) -> EvaluateRequest:
+    """Every check `fuse evaluate` makes before a model loads (no Keras needed): options,
+    the `--save-predictions` destination, the model paths, and the data, read.
+
+    Raises:
+        FuseError: A subclass carrying the exit code (DESIGN §5).
+    """
+    files = [Path(p) for p in paths]
+    if not files:
+        raise UsageError("give at least one model to evaluate")
+    check_batch_size(batch_size)
+    if save is not None:
+        check_destinations([Destination("--save-predictions", save)],
+                           [*files, Path(data_path)], force=force)
+    data = read_any(data_path, images)
+    for path in files:
+        check_model_path(path)
+    return EvaluateRequest(tuple(files), Path(data_path), data, batch_size, unsafe, images,
+                           save, force)
+
+
 def evaluate_files(
     paths: Sequence[str | Path],
     data_path: str | Path,
@@ -283,24 +330,24 @@ def evaluate_files(
     Raises:
         FuseError: A subclass carrying the exit code (DESIGN §5).
     """
+    request = check_evaluate(paths, data_path, batch_size=batch_size, unsafe=unsafe,
+                             images=images, save=save, force=force)
+    return evaluate(request, progress=progress, advance=advance)
+
+
+def evaluate(
+    request: EvaluateRequest, progress: Progress | None = None, advance: Advance | None = None
+) -> EvaluationReport:
+    """Load, run and score each model of a checked request; write its predictions."""
     start = time.perf_counter()
     say = progress or (lambda _message: None)
-    files = [Path(p) for p in paths]
-    if not files:
-        raise UsageError("give at least one model to evaluate")
-    check_batch_size(batch_size)
-    if save is not None:
-        check_destinations([Destination("--save-predictions", save)],
-                           [*files, Path(data_path)], force=force)
-    data = read_any(data_path, images)
-    for path in files:
-        check_model_path(path)
+    files, data, save = list(request.files), request.data, request.save
+    batch_size, images = request.batch_size, request.images
     check_keras()
-
     runs, digests = [], []
     for path, label in zip(files, file_labels(files), strict=True):
         say(f"loading {path}")
-        loaded = load_model(path, unsafe=unsafe)
+        loaded = load_model(path, unsafe=request.unsafe)
         model = loaded.model
         digests.append(loaded.sha256)
         say(f"predicting with {label}")
@@ -316,7 +363,7 @@ def evaluate_files(
             path=save, y=labels, outputs=outputs, files=[p.name for p in files],
             sha256=digests,
             classes=data.classes if isinstance(data, ImageFolder) else None,
-            data=Path(data_path).name), save, replace=force)
+            data=request.data_path.name), save, replace=request.force)
     return EvaluationReport(
         data=str(data.path),
         rows=len(rows),

@@ -121,7 +121,6 @@ def check_artifact(fmt: ExportFormat, out: Path, *, verify: bool = True) -> None
     Raises:
         UsageError: A missing package, or an extension that does not fit the format.
     """
-    check_requirements(fmt, verify=verify)
     suffix = out.suffix.lower()
     if fmt is ExportFormat.SAVED_MODEL:
         if suffix in (*MODEL_SUFFIXES, *_SUFFIXES.values()):
@@ -133,6 +132,7 @@ def check_artifact(fmt: ExportFormat, out: Path, *, verify: bool = True) -> None
             f"{out}: --format {fmt.value} writes a {_SUFFIXES[fmt]} file; "
             f"got {out.suffix or 'no extension'!r}"
         )
+    check_requirements(fmt, verify=verify)  # last: an exporter's import is slow
 
 
 def artifact_destination(option: str, fmt: ExportFormat, out: Path) -> Destination:
@@ -169,12 +169,7 @@ def export_file(
     """
     source = Path(source)
     say = progress or (lambda _message: None)
-    targets = [(fmt, Path(out)) for fmt, out in requests]
-    for fmt, out in targets:
-        check_artifact(fmt, out, verify=verify)
-    check_destinations([artifact_destination(f"--format {fmt.value} -o", fmt, out)
-                        for fmt, out in targets], [source], force=force)
-    check_model_path(source)
+    targets = check_export(source, requests, force=force, verify=verify, quiet=quiet)
     check_keras()
 
     say(f"loading {source}")
@@ -185,6 +180,33 @@ def export_file(
         run.exports.append(export_model(model, fmt, out, verify=verify, quiet=quiet,
                                         replace=force))
     return run
+
+
+def check_export(
+    source: Path,
+    requests: Sequence[tuple[ExportFormat, str | Path]],
+    *,
+    force: bool = False,
+    verify: bool = True,
+    quiet: bool = True,
+) -> list[tuple[ExportFormat, Path]]:
+    """Every check `fuse export` makes before the model loads: packages, extensions,
+    destinations against the source, the source's path.
+
+    Returns:
+        The `(format, path)` targets.
+
+    Raises:
+        UsageError, OutputError, ModelLoadError: Exit 2, 5 or 3.
+    """
+    targets = [(fmt, Path(out)) for fmt, out in requests]
+    with quiet_native_logs(quiet):  # an exporter's import may start TensorFlow
+        for fmt, out in targets:
+            check_artifact(fmt, out, verify=verify)
+    check_destinations([artifact_destination(f"--format {fmt.value} -o", fmt, out)
+                        for fmt, out in targets], [source], force=force)
+    check_model_path(source)
+    return targets
 
 
 def export_model(

@@ -191,6 +191,7 @@ def check_request(
     *,
     writes: Sequence[Destination] = (),
     reads: Sequence[Path] = (),
+    member_paths: bool = True,
 ) -> Request:
     """Step 1: every check that needs no model, once.
 
@@ -200,6 +201,8 @@ def check_request(
         options: The merge options.
         writes: More destinations the command writes (a tune's plot).
         reads: More inputs the command reads (a tune's data).
+        member_paths: Check that each member file is a readable regular file (tune
+            leaves it to the load, after its data has been read and checked).
 
     Raises:
         UsageError: Bad options, weights, extensions, or a missing exporter package.
@@ -219,6 +222,10 @@ def check_request(
         *writes,
     )
     replaces = check_destinations(destinations, [*files, *reads], force=options.force)
+    from fuse_cli.formats.screening import check_model_path
+
+    for path in files if member_paths else ():  # after the destinations
+        check_model_path(path)
     return Request(tuple(files), options, out, tuple(given), tuple(normalized), destinations,
                    tuple(replaces), exports)
 

@@ -40,7 +40,7 @@ from fuse_cli.formats import load_models, sha256_of
 from fuse_cli.formula import apply_activation
 from fuse_cli.images import ImageFolder, ImageOptions
 from fuse_cli.merge import execute
-from fuse_cli.planning import MergeOptions, MergePlan, check_request, make_plan
+from fuse_cli.planning import MergeOptions, MergePlan, Request, check_request, make_plan
 from fuse_cli.plotting import plot_search
 from fuse_cli.predictions import Predictions, check_provenance, read_predictions
 from fuse_cli.provenance import tuning_record
@@ -205,12 +205,55 @@ def tune_files(
         FuseError: A subclass carrying the exit code (DESIGN §5).
     """
     start = time.perf_counter()
+    request = check_tune(paths, data_path, out, options)
+    return tune(request, progress=progress, advance=advance, start=start)
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    """`fuse tune` as checked before anything is read: the merge's request (options,
+    every destination), the source of the rows, tune's options."""
+
+    merge: Request
+    source: Path
+    options: TuneOptions
+
+
+def check_tune(
+    paths: Sequence[str | Path],
+    data_path: str | Path | None,
+    out: str | Path,
+    options: TuneOptions | None = None,
+) -> TuneRequest:
+    """Every check `fuse tune` makes before reading data or loading a model (no Keras).
+
+    Raises:
+        UsageError, OutputError: Bad options, or a destination that cannot be written.
+    """
     options = options or TuneOptions()
-    say = progress or (lambda _message: None)
-    files = [Path(p) for p in paths]
     source = check_source(None if data_path is None else Path(data_path), options)
     plot = check_tune_options(options)
-    request = check_request(files, Path(out), options.merge, writes=plot, reads=[source])
+    # The member files are checked when they load, after the data: a data error first.
+    request = check_request([Path(p) for p in paths], Path(out), options.merge, writes=plot,
+                            reads=[source], member_paths=False)
+    return TuneRequest(request, source, options)
+
+
+def tune(
+    tune_request: TuneRequest,
+    progress: Progress | None = None,
+    advance: Advance | None = None,
+    start: float | None = None,
+) -> TuneReport:
+    """Read the rows, load the members, plan, search the weights, execute the plan.
+
+    Raises:
+        FuseError: A subclass carrying the exit code (DESIGN §5).
+    """
+    start = time.perf_counter() if start is None else start
+    say = progress or (lambda _message: None)
+    request, source, options = tune_request.merge, tune_request.source, tune_request.options
+    files = list(request.files)
     saved = read_predictions(source) if options.predictions is not None else None
     data = read_any(source, options.images) if saved is None else None
     loaded = load_models(files, unsafe=options.merge.unsafe, progress=say)

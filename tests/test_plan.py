@@ -147,3 +147,42 @@ def test_destinations_are_checked_by_one_function(tmp_path: Path) -> None:
     with pytest.raises(files.OutputError, match=r"^--plot .*m.keras: is also the input"):
         files.check_destinations([files.Destination("--plot", model)], [model], force=True)
     assert files.check_destinations([files.Destination("-o", model)], [], force=True) == [True]
+
+
+def test_usage_and_path_errors_come_before_tensorflow(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    """Each command checks what needs no model before it imports Keras (DESIGN §7): one
+    fresh process runs every error below and has imported neither at the end."""
+    import subprocess
+    import sys
+
+    existing = tmp_path / "exists.keras"
+    existing.write_bytes(b"old")
+    a, b = str(zoo["a.keras"]), str(zoo["b.keras"])
+    folder = tmp_path / "images"
+    (folder / "cat").mkdir(parents=True)
+    cases = [
+        (["merge", a, b, "-o", str(existing)], 5),
+        (["merge", a, b, "-o", str(tmp_path / "e.keras"), "--weight", "1.5"], 2),
+        (["merge", a, b, "-o", str(tmp_path / "e.txt")], 2),
+        (["merge", a, str(tmp_path / "missing.keras"), "-o", str(tmp_path / "e.keras")], 3),
+        (["export", a, "--format", "onnx", "-o", str(tmp_path / "e.tflite")], 2),
+        (["evaluate", a, "--data", str(folder), "--offset", "nan"], 2),
+        (["tune", a, b, "--data", str(folder), "-o", str(existing)], 5),
+    ]
+    script = (
+        "import sys\n"
+        "from fuse_cli.cli import app\n"
+        f"for args, _ in {cases!r}:\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as exc:\n"
+        "        print(exc.code)\n"
+        "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    lines = result.stdout.split()
+    assert lines[:-1] == [str(code) for _, code in cases], result.stderr
+    assert lines[-1] == "[]", result.stdout

@@ -169,8 +169,11 @@ def export_command(
       fuse export ensemble.keras --format saved_model -o ensemble_saved_model
     """
     with command("export", debug=debug, json_output=json_output):
+        from fuse_cli.export import check_export, export_file
+
+        check_export(merged, [(fmt, output)], force=force, verify=not no_verify,
+                     quiet=not debug)  # before TensorFlow is imported
         import_keras_quietly(debug)
-        from fuse_cli.export import export_file
 
         emit("export", json_output,
              lambda say: export_file(merged, [(fmt, output)], force=force,
@@ -241,7 +244,7 @@ def verify_command(
 
 
 def _image_options(scale: float | None, offset: float | None, skip_bad: bool) -> ImageOptions:
-    from fuse_cli.images import ImageOptions  # imports Keras: after _import_keras_quietly
+    from fuse_cli.images import ImageOptions  # numpy, not Keras
 
     return ImageOptions(rescale=scale, offset=offset, skip_bad=skip_bad)
 
@@ -295,16 +298,16 @@ def evaluate_command(
       fuse evaluate a.keras b.keras --data photos/ --save-predictions p.npz
     """
     with command("evaluate", debug=debug, json_output=json_output):
-        scale = parse_scale(rescale)
+        from fuse_cli.evaluation import check_evaluate, evaluate
+
+        images = _image_options(parse_scale(rescale), offset, skip_bad_images)
+        # Every check that needs no model (the data read too), before TensorFlow.
+        request = check_evaluate(models, data, batch_size=batch_size, unsafe=unsafe,
+                                 images=images, save=save_predictions, force=force)
         import_keras_quietly(debug)
         _quiet_retracing(debug)
-        images = _image_options(scale, offset, skip_bad_images)
-        from fuse_cli.evaluation import evaluate_files
-
         emit("evaluate", json_output,
-             lambda say, advance: evaluate_files(
-                 models, data, batch_size=batch_size, unsafe=unsafe, images=images,
-                 save=save_predictions, force=force, progress=say, advance=advance),
+             lambda say, advance: evaluate(request, progress=say, advance=advance),
              render.print_evaluation, bars=True)
 
 
@@ -389,15 +392,15 @@ def tune_command(
             name=name, force=force, no_verify=no_verify, no_share=no_share, unsafe=unsafe,
             debug=debug,
         )
-        import_keras_quietly(debug)
-        _quiet_retracing(debug)
-        images = _image_options(scale, offset, skip_bad_images)
-        from fuse_cli.tuning import TuneOptions, tune_files
+        from fuse_cli.tuning import TuneOptions, check_tune, tune
 
         options = TuneOptions(merge=merge, metric=metric, holdout=holdout, cv=cv,
-                              batch_size=batch_size, images=images, predictions=predictions,
-                              plot=plot)
+                              batch_size=batch_size,
+                              images=_image_options(scale, offset, skip_bad_images),
+                              predictions=predictions, plot=plot)
+        request = check_tune(models, data, output, options)  # before TensorFlow
+        import_keras_quietly(debug)
+        _quiet_retracing(debug)
         emit("tune", json_output,
-             lambda say, advance: tune_files(models, data, output, options, progress=say,
-                                             advance=advance),
+             lambda say, advance: tune(request, progress=say, advance=advance),
              render.print_tune_report, bars=True)
