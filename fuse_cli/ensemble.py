@@ -14,7 +14,6 @@ from fuse_cli.choices import InputsMode, Mode
 from fuse_cli.compatibility import TO_PROBABILITIES_PREFIX, Combination, InputPlan
 from fuse_cli.errors import UsageError
 from fuse_cli.planning import MergeOptions, check_combination
-from fuse_cli.provenance import sharing_record
 from fuse_cli.sharing import SharingPlan, call_members, find_sharing
 
 if TYPE_CHECKING:
@@ -32,8 +31,7 @@ def member_names(models: Sequence[keras.Model]) -> list[str]:
 
 def build(plan: MergePlan) -> keras.Model:
     """The merged model of a plan. Its members are renamed `member_<i>_<name>` in place."""
-    return _wire(plan.models, plan.weights, plan.options, plan.combination, plan.sharing,
-                 plan.provenance.to_record())
+    return _wire(plan.models, plan.weights, plan.options, plan.combination, plan.sharing)
 
 
 def build_ensemble(
@@ -48,12 +46,13 @@ def build_ensemble(
     to_probabilities: bool = False,
     name: str = "ensemble",
     labels: Sequence[str] | None = None,
-    provenance: dict[str, Any] | None = None,
     share: bool | SharingPlan = True,
 ) -> keras.Model:
     """Wrap in-memory members in one functional model that combines their outputs.
 
-    The same checks as a merge's plan run first (`planning.check_combination`).
+    The same checks as a merge's plan run first (`planning.check_combination`). A sum is
+    built from Keras's own layers; to record provenance beside it, save it with
+    `fuse_cli.formats.save_model(model, out, provenance=...)`.
 
     Args:
         models: Two or more members. They are renamed `member_<i>_<name>` in place.
@@ -67,8 +66,6 @@ def build_ensemble(
             as layers `to_probabilities_<i>` between member `i` and the combining layer.
         name: The merged model's name.
         labels: How members are named in messages; defaults to their model names.
-        provenance: Recorded in the combining layers' configs (with a `sharing`
-            entry added, unless it has one).
         share: With shared inputs, compute what members have in common once
             (`fuse_cli.sharing`); False never shares; a plan from `find_sharing` on
             these models is used as it is.
@@ -95,10 +92,7 @@ def build_ensemble(
     sharing = None
     if combination.plan.shared and share is not False:
         sharing = share if isinstance(share, SharingPlan) else find_sharing(models)
-    if provenance is not None and "sharing" not in provenance:
-        record = sharing.record() if sharing else sharing_record([], enabled=share is not False)
-        provenance = {**provenance, "sharing": record}
-    return _wire(models, coefficients, options, combination, sharing, provenance)
+    return _wire(models, coefficients, options, combination, sharing)
 
 
 def _wire(
@@ -107,7 +101,6 @@ def _wire(
     options: MergeOptions,
     combination: Combination,
     sharing: SharingPlan | None,
-    provenance: dict[str, Any] | None,
 ) -> keras.Model:
     """One functional model: inputs → members (through shared segments) → combining layers."""
     import keras
@@ -131,14 +124,12 @@ def _wire(
         _append_activations(keras.tree.flatten(result), combination.transforms[i], i)
         for i, result in enumerate(results)
     ]
-    method = options.method
-    layer_class, extra = method.layer_class(), method.layer_arguments(options)
     heads = len(combination.heads)
-    outputs = []
-    for head in range(heads):
-        layer_name = "combine" if heads == 1 else f"combine_{head}"
-        layer = layer_class(list(coefficients), provenance=provenance, name=layer_name, **extra)
-        outputs.append(layer([outs[head] for outs in member_outputs]))
+    outputs = [
+        options.method.build_head([outs[head] for outs in member_outputs], coefficients,
+                                  options, "combine" if heads == 1 else f"combine_{head}")
+        for head in range(heads)
+    ]
     flat_inputs = [t for group in model_inputs for t in group]
     return keras.Model(
         inputs=flat_inputs if len(flat_inputs) > 1 else flat_inputs[0],

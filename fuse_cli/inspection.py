@@ -26,12 +26,12 @@ from fuse_cli.compatibility import (
 )
 from fuse_cli.errors import IncompatibleModelsError
 from fuse_cli.formats import LoadedModel, load_models
-from fuse_cli.formats._keras_private import inbound_nodes, keras_history
+from fuse_cli.formats._keras_private import keras_history
 from fuse_cli.methods import METHODS, method_for
+from fuse_cli.methods.base import Head
 from fuse_cli.planning import MergeOptions
 from fuse_cli.provenance import (
     numbers_or_none,
-    raw_record,
     recorded_members,
     recorded_sharing,
     text_or_none,
@@ -167,7 +167,7 @@ def describe(loaded: LoadedModel, label: str) -> ModelInfo:
         size=loaded.size,
         sha256=loaded.sha256,
         migrations=list(loaded.migrations),
-        ensemble=read_ensemble(model),
+        ensemble=read_ensemble(model, loaded.provenance),
     )
 
 
@@ -208,10 +208,16 @@ def check_compatibility(models: Sequence[keras.Model], labels: Sequence[str]) ->
     )
 
 
-def combining_layers(model: keras.Model) -> list[Any]:
-    """The fuse combining layers (one merge method's layer) of a merged model."""
-    classes = tuple(method.layer_class() for method in METHODS.values())
-    return [layer for layer in model.layers if isinstance(layer, classes)]
+def combining_heads(model: keras.Model) -> list[Head]:
+    """A merged model's heads as its merge method combines them (`combine`, or
+    `combine_<h>` in head order); empty for a model fuse did not merge."""
+    heads = [head for method in METHODS.values() for head in method.find_heads(model)]
+    return sorted(heads, key=lambda head: _head_index(head.name))
+
+
+def _head_index(name: str) -> int:
+    digits = name.rsplit("_", 1)[-1]
+    return int(digits) if digits.isdigit() else 0
 
 
 def embedded_members(model: keras.Model) -> list[keras.Model]:
@@ -224,45 +230,50 @@ def embedded_members(model: keras.Model) -> list[keras.Model]:
     return [layer for _, layer in sorted(found, key=lambda pair: pair[0])]
 
 
-def appended_activations(layers: Sequence[Any], count: int) -> list[list[str | None]]:
-    """What `--to-probabilities` put between each member and the combining layers.
+def appended_activations(heads: Sequence[Head], count: int) -> list[list[str | None]]:
+    """What `--to-probabilities` put between each member and the heads.
 
     Read from the graph, not the provenance: per member and head, the activation of a
-    `to_probabilities_*` layer feeding combining layer `head`, or None.
+    `to_probabilities_*` layer feeding that head, or None.
     """
-    found: list[list[str | None]] = [[None] * len(layers) for _ in range(count)]
-    for head, layer in enumerate(layers):
-        nodes = inbound_nodes(layer)
-        tensors = list(getattr(nodes[0], "input_tensors", [])) if nodes else []
-        for i, tensor in enumerate(tensors[:count]):
+    found: list[list[str | None]] = [[None] * len(heads) for _ in range(count)]
+    for h, head in enumerate(heads):
+        for i, tensor in enumerate(head.inputs[:count]):
             history = keras_history(tensor)
             source = history[0] if history else None
             if source is not None and str(source.name).startswith(TO_PROBABILITIES_PREFIX):
                 activation = getattr(source, "activation", None)
                 name = getattr(activation, "__name__", None)
-                found[i][head] = name if name in ("softmax", "sigmoid") else "unknown"
+                found[i][h] = name if name in ("softmax", "sigmoid") else "unknown"
     return found
 
 
-def mode_of(layer: Any) -> str:
-    """The name of the merge method whose combining layer `layer` is."""
-    return next(name for name, method in METHODS.items()
-                if isinstance(layer, method.layer_class()))
+def recorded(heads: Sequence[Head], beside: dict[str, Any] | None) -> dict[str, Any]:
+    """A merged file's provenance record: the one kept beside the model, else the one an
+    older file keeps in its combining layer, else `{}`."""
+    if isinstance(beside, dict):
+        return beside
+    return heads[0].record if heads else {}
 
 
-def read_ensemble(model: keras.Model) -> EnsembleInfo | None:
+def read_ensemble(model: keras.Model, beside: dict[str, Any] | None = None) -> EnsembleInfo | None:
     """What a merged model records about itself, or None for a model fuse did not merge.
+
+    Args:
+        model: The loaded model.
+        beside: The provenance record kept beside the model in its file
+            (`LoadedModel.provenance`), if any.
 
     The provenance is data from the file: each field is used only if it has the type
     fuse writes (`fuse_cli.provenance`; a value of another type counts as not recorded).
     """
-    layers = combining_layers(model)
-    if not layers:
+    heads = combining_heads(model)
+    if not heads:
         return None
-    first = layers[0]
-    raw = raw_record(first)
+    first = heads[0]
+    raw = recorded(heads, beside)
     members = embedded_members(model)
-    appended = appended_activations(layers, len(members))
+    appended = appended_activations(heads, len(members))
     infos = []
     for i, (member, entry) in enumerate(zip(members, recorded_members(raw, len(members)),
                                             strict=True)):
@@ -279,11 +290,11 @@ def read_ensemble(model: keras.Model) -> EnsembleInfo | None:
     shared = bool(members) and len(model.inputs) == len(members[0].inputs)
     tuning = raw.get("tuning")
     return EnsembleInfo(
-        mode=mode_of(first),
+        mode=first.mode,
         weights=list(first.coefficients),
-        renormalize=bool(getattr(first, "renormalize", False)),
+        renormalize=first.renormalize,
         inputs="shared" if shared else "separate",
-        heads=len(layers),
+        heads=len(heads),
         weights_given=numbers_or_none(raw.get("weights_given")),
         tool=text_or_none(raw.get("tool")),
         members=infos,

@@ -178,7 +178,7 @@ def execute(
 
     say(f"writing {out}")
     size = save_model(merged, out, check=verify if options.verify else None,
-                      replace=options.force)
+                      replace=options.force, provenance=plan.provenance.to_record())
     report = MergeReport(
         output=str(out),
         mode=options.mode.value,
@@ -192,6 +192,7 @@ def execute(
         elapsed_seconds=0.0,
         warnings=list(plan.warnings),
         sharing=plan.provenance.sharing,
+        loads_without_fuse=not refers_to_fuse(merged),
     )
     # From the model verification reloaded from OUT (or, with --no-verify, the one just
     # saved): OUT is not loaded again for the artifacts.
@@ -204,6 +205,15 @@ def execute(
         )
     report.elapsed_seconds = time.perf_counter() - start
     return report
+
+
+def refers_to_fuse(model: keras.Model) -> bool:
+    """Whether loading `model` from a file needs fuse's registered objects (the product's
+    layer, the Keras 2 activation a legacy member keeps): its config names them."""
+    import json
+
+    text = json.dumps(model.get_config(), default=str)
+    return '"fuse>' in text or "fuse_cli." in text
 
 
 def describe(plan: MergePlan, elapsed: float) -> PlanReport:

@@ -136,6 +136,12 @@ def _print_written(report: MergeReport) -> None:
         console.print(f"shared:   {literal(line)}")
     console.print(f"formula:  {literal(report.formula)}")
     console.print(f"output:   {literal(report.output)} ({size_text(report.size)})")
+    if report.loads_without_fuse:
+        console.print("loading:  loads with plain keras.saving.load_model (nothing of fuse "
+                      "needed)")
+    else:
+        console.print("loading:  needs `import fuse_cli.layers` before keras.saving.load_model "
+                      "(or fuse export for SavedModel/LiteRT/ONNX)")
     if report.verified and report.max_abs_error is not None:
         console.print(f"verified: reloaded and matches the formula, max abs error "
                       f"{report.max_abs_error:.2e}")

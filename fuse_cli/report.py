@@ -57,6 +57,9 @@ class MergeReport:
     exports: list[Any] = field(default_factory=list)
     # What members share and compute once (`fuse_cli.sharing.sharing_record`).
     sharing: dict[str, Any] | None = None
+    # Whether the file loads with plain `keras.saving.load_model`, nothing of fuse
+    # installed (False: it names fuse's registered objects, e.g. the product's layer).
+    loads_without_fuse: bool = True
 
     @property
     def weights(self) -> list[float]:

@@ -23,12 +23,12 @@ from fuse_cli.formula import SEED, check_formula, compare, run, sample_batch
 from fuse_cli.inspection import (
     EnsembleInfo,
     appended_activations,
-    combining_layers,
+    combining_heads,
     embedded_members,
-    mode_of,
     read_ensemble,
+    recorded,
 )
-from fuse_cli.provenance import raw_record
+from fuse_cli.methods.base import Head
 from fuse_cli.report import Progress
 from fuse_cli.sharing import check_record, member_functions
 
@@ -100,16 +100,17 @@ def verify_file(
         check_model_path(path)
     check_keras()
     say(f"loading {merged}")
-    model = load_model(merged, unsafe=unsafe).model
-    layers = combining_layers(model)
-    if not layers:
+    loaded = load_model(merged, unsafe=unsafe)
+    model = loaded.model
+    heads = combining_heads(model)
+    if not heads:
         raise UsageError(
             f"{merged}: not a merged model (no fuse combining layer); "
             "`fuse verify` checks files written by `fuse merge`"
         )
     embedded = embedded_members(model)
-    info = _check_structure(merged, model, layers, embedded)
-    raw = raw_record(layers[0])
+    raw = recorded(heads, loaded.provenance)
+    info = _check_structure(merged, model, heads, embedded, raw)
     shared = check_record(str(merged), model, embedded, raw)
     # A shared member is its shared segments followed by its own part.
     members = member_functions(model, embedded, str(merged))
@@ -119,7 +120,7 @@ def verify_file(
             f"file{'' if len(files) == 1 else 's'}"
         )
 
-    transforms = _check_appended(merged, layers, raw, len(members))
+    transforms = _check_appended(merged, heads, raw, len(members))
     say(f"checking the formula of {merged}")
     error = check_formula(
         model,
@@ -148,33 +149,37 @@ def verify_file(
 
 
 def _check_structure(
-    path: Path, model: keras.Model, layers: list[Any], members: list[keras.Model]
+    path: Path,
+    model: keras.Model,
+    heads: list[Head],
+    members: list[keras.Model],
+    raw: dict[str, Any],
 ) -> EnsembleInfo:
-    """The combining layers must agree with each other, the members and the provenance."""
-    info = read_ensemble(model)
-    assert info is not None  # the caller found combining layers
-    for layer in layers[1:]:
-        if mode_of(layer) != info.mode or list(layer.coefficients) != info.weights:
+    """The heads must agree with each other, the members and the provenance."""
+    info = read_ensemble(model, raw)
+    assert info is not None  # the caller found heads
+    for head in heads[1:]:
+        if head.mode != info.mode or head.coefficients != info.weights:
             raise VerificationError(
-                f"{path}: combining layer {layer.name!r} ({mode_of(layer)}, "
-                f"{layer.coefficients}) disagrees with {layers[0].name!r} "
+                f"{path}: combining layer {head.name!r} ({head.mode}, "
+                f"{head.coefficients}) disagrees with {heads[0].name!r} "
                 f"({info.mode}, {info.weights})"
             )
     if len(members) != len(info.weights):
         raise VerificationError(
             f"{path}: {len(info.weights)} weights but {len(members)} embedded members"
         )
-    provenance.check(path, raw_record(layers[0]), mode=info.mode, inputs=info.inputs,
+    provenance.check(path, raw, mode=info.mode, inputs=info.inputs,
                      renormalize=info.renormalize, weights=info.weights, members=len(members))
     return info
 
 
 def _check_appended(
-    path: Path, layers: list[Any], raw: dict[str, Any], count: int
+    path: Path, heads: list[Head], raw: dict[str, Any], count: int
 ) -> list[list[str | None]]:
     """The activations `--to-probabilities` appended, read from the graph and checked
     against the provenance's record of them."""
-    found = appended_activations(layers, count)
+    found = appended_activations(heads, count)
     for i, added in enumerate(found):
         if any(a is not None and a not in ("softmax", "sigmoid") for a in added):
             raise VerificationError(

@@ -135,3 +135,48 @@ def tm_member(
     )
     set_head_weights(head.layers, head_seed)
     return keras.Sequential([keras.Input(shape), features, head], name=name)
+
+
+# --- what a merged file records and computes with (read without fuse's readers) -----------
+
+
+def provenance_of(path: Path) -> dict[str, Any]:
+    """The provenance record fuse keeps beside a merged model: the archive member
+    `fuse.json`, or the HDF5 root attribute `fuse_provenance`."""
+    import zipfile
+
+    import h5py
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            return json.loads(zf.read("fuse.json"))
+    with h5py.File(path, "r") as f:
+        value = f.attrs["fuse_provenance"]
+    return json.loads(value.decode() if isinstance(value, bytes) else value)
+
+
+def with_provenance(merged: Path, target: Path, **values: Any) -> Path:
+    """Copy a merged `.keras`, setting keys of the provenance record beside it."""
+    import zipfile
+
+    record = {**provenance_of(merged), **values}
+    with zipfile.ZipFile(merged) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == "fuse.json":
+                data = json.dumps(record).encode()
+            dst.writestr(info, data)
+    return target
+
+
+def head_weights(model: keras.Model, name: str = "combine") -> list[float]:
+    """The weights a merged model's head computes with: the `Rescaling` scales before a
+    plain-Keras sum's `Add`, or a fuse layer's coefficients."""
+    layer = model.get_layer(name)
+    if hasattr(layer, "coefficients"):
+        return list(layer.coefficients)
+    weights, i = [], 0
+    while any(inner.name == f"{name}_weight_{i}" for inner in model.layers):
+        weights.append(float(model.get_layer(f"{name}_weight_{i}").scale))
+        i += 1
+    return weights

@@ -302,14 +302,10 @@ def lying_npz(folder: Path, rows: int = 10**12, name: str = "lying.npz") -> Path
 
 
 def edit_provenance(merged: Path, target: Path, **values: Any) -> Path:
-    """Copy a merged `.keras`, setting keys of its combining layer's provenance."""
-    config = archive_config(merged)
-    for layer in config["config"]["layers"]:
-        if layer["class_name"] in ("WeightedSum", "WeightedProduct") or "provenance" in (
-            layer.get("config") or {}
-        ):
-            layer["config"]["provenance"].update(values)
-    return rewrite_archive(merged, target, config=config)
+    """Copy a merged `.keras`, setting keys of the provenance record kept beside it."""
+    from helpers import with_provenance
+
+    return with_provenance(merged, target, **values)
 
 
 def markup_version_keras(

@@ -9,7 +9,15 @@ import jsonschema
 import keras
 import numpy as np
 import pytest
-from helpers import JSON_VALIDATOR, dense_classifier, load, predict, validated
+from helpers import (
+    JSON_VALIDATOR,
+    dense_classifier,
+    load,
+    predict,
+    provenance_of,
+    validated,
+    with_provenance,
+)
 from typer.testing import CliRunner
 
 from fuse_cli.cli import app
@@ -91,7 +99,7 @@ def test_to_probabilities_appends_softmax_to_raw_members(
                                atol=1e-6)
     np.testing.assert_allclose(merged.sum(axis=-1), 1.0, rtol=1e-5)
 
-    provenance = load(out).get_layer("combine").get_config()["provenance"]
+    provenance = provenance_of(out)
     assert provenance["to_probabilities"] == [
         {"member": 1, "file": "linear.keras", "appended": ["softmax"]}
     ]
@@ -127,11 +135,7 @@ def test_verify_catches_a_provenance_that_hides_to_probabilities(
     out = tmp_path / "x.keras"
     merge_files([zoo["a.keras"], zoo["linear.keras"]], out,
                 MergeOptions(to_probabilities=True))
-    model = load(out)
-    combine = model.get_layer("combine")
-    combine.provenance = {**combine.provenance, "to_probabilities": []}
-    forged = tmp_path / "forged.keras"
-    model.save(forged)
+    forged = with_provenance(out, tmp_path / "forged.keras", to_probabilities=[])
     result = fuse(runner, "verify", forged)
     assert result.exit_code == 6
     assert "the provenance records --to-probabilities on members {}" in result.stderr
@@ -372,7 +376,7 @@ def test_to_probabilities_with_a_shared_backbone(
     report = validated(fuse(runner, "merge", tmp_path / "probs.keras", tmp_path / "raw.keras",
                             "-o", out, "--to-probabilities", "--json", ok=True).stdout)
     assert report["formula"] == "0.5 * probs.keras + 0.5 * softmax(raw.keras)"
-    sharing = load(out).get_layer("combine").get_config()["provenance"]["sharing"]
+    sharing = provenance_of(out)["sharing"]
     assert sharing["segments"], sharing  # the backbone really is shared
     x = np.random.default_rng(8).random((3, 16, 16, 3), dtype=np.float32)
     p = predict(load(tmp_path / "probs.keras"), x)[0]

@@ -11,7 +11,6 @@ import pytest
 from helpers import dense_classifier, load, predict, validated
 from typer.testing import CliRunner
 
-from fuse_cli import layers
 from fuse_cli.cli import app
 
 
@@ -254,15 +253,15 @@ def test_exit_6_member_yields_nan(runner: CliRunner, zoo: dict[str, Path], tmp_p
 def test_exit_6_written_file_differs_keeps_old_output(
     runner: CliRunner, zoo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A combining layer that saves the wrong coefficients is caught by the reload."""
-    original = layers.WeightedSum.get_config
+    """A weighting layer that saves the wrong weight is caught by the reload."""
+    original = keras.layers.Rescaling.get_config
 
-    def wrong_config(self: layers.WeightedSum) -> dict:
+    def wrong_config(self: keras.layers.Rescaling) -> dict:
         config = original(self)
-        config["coefficients"] = list(reversed(config["coefficients"]))
+        config["scale"] = 1.0 - config["scale"]  # 0.2 <-> 0.8: the weights swapped
         return config
 
-    monkeypatch.setattr(layers.WeightedSum, "get_config", wrong_config)
+    monkeypatch.setattr(keras.layers.Rescaling, "get_config", wrong_config)
     out = tmp_path / "ens.keras"
     out.write_bytes(b"previous ensemble")
     result = merge(runner, zoo["a.keras"], zoo["b.keras"], "-w", "0.2", "-o", out, "--force")

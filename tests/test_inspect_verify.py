@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fuse_cli import __version__
 from fuse_cli.cli import app
 from fuse_cli.ensemble import build_ensemble
-from fuse_cli.formats import sha256_of
+from fuse_cli.formats import save_model, sha256_of
 from fuse_cli.merge import MergeOptions, merge_files
 
 
@@ -38,7 +38,7 @@ def _forged(zoo: dict[str, Path], out: Path, sources: list[str], **changes: Any)
         ],
     }
     provenance.update(changes)
-    build_ensemble(models, [0.5, 0.5], provenance=provenance).save(out)
+    save_model(build_ensemble(models, [0.5, 0.5]), out, provenance=provenance)
     return out
 
 

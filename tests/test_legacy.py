@@ -26,7 +26,7 @@ import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from helpers import validated  # noqa: E402
+from helpers import provenance_of, validated  # noqa: E402
 
 from fuse_cli.errors import ModelLoadError  # noqa: E402
 from fuse_cli.formats import hdf5, legacy_refusals, legacy_rules  # noqa: E402
@@ -700,7 +700,7 @@ def test_cli_merges_teachable_machine_export_in_product_mode(tmp_path: Path) -> 
     merged = keras.saving.load_model(out, compile=False, safe_mode=True)
     # The geometric mean of a model with itself is the model: the writer's predictions.
     np.testing.assert_allclose(merged.predict(x, verbose=0), y, rtol=1e-5, atol=1e-5)
-    provenance = merged.get_layer("combine").get_config()["provenance"]
+    provenance = provenance_of(out)
     assert provenance["members"][0]["migrations"] == EXPECTED_RULES["teachable_machine"]
 
 

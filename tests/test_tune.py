@@ -8,7 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from helpers import load, predict, validated
+from helpers import load, predict, provenance_of, validated
 from typer.testing import CliRunner
 
 from fuse_cli.cli import app
@@ -356,12 +356,12 @@ def test_tune_writes_a_verified_model_recording_the_tuning(
 
     model = load(out)
     combine = model.get_layer("combine")
-    tuning = combine.provenance["tuning"]
+    tuning = provenance_of(out)["tuning"]
     assert tuning["metric"] == "log_loss" and tuning["method"] == "cv5-grid"
     assert tuning["cv"]["k"] == 5 and len(tuning["cv"]["folds"]) == 5
     assert tuning["data"]["file"] == "val.npz" and len(tuning["data"]["sha256"]) == 64
     assert tuning["heldout"]["rows"] == 120
-    assert combine.provenance["weights"] == combine.coefficients
+    assert provenance_of(out)["weights"] == combine.coefficients
     x, _ = val_data(trio)
     members = [predict(load(trio[n]), x)[0] for n in ("strong", "other")]
     (c0, c1), (m0, m1) = combine.coefficients, (m.astype(np.float64) for m in members)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from fuse_cli.errors import ModelLoadError, UsageError
 from fuse_cli.formats._keras_private import cache_keras_skipsets, variable_budget
@@ -25,6 +25,8 @@ from fuse_cli.formats.hdf5 import load_hdf5
 from fuse_cli.formats.keras_zip import load_keras_zip
 from fuse_cli.formats.screening import (
     HEAD_BYTES,
+    PROVENANCE_ATTRIBUTE,
+    PROVENANCE_MEMBER,
     Format,
     allowance,
     check_model_path,
@@ -64,6 +66,8 @@ class LoadedModel:
         size: The file's size in bytes.
         keras_version: The Keras version that wrote the file, when recorded.
         migrations: Legacy rewrite rules applied to load the file.
+        provenance: The record fuse keeps beside a merged model (raw data from the
+            file, read through `fuse_cli.provenance`), or None.
     """
 
     path: Path
@@ -73,6 +77,7 @@ class LoadedModel:
     size: int
     keras_version: str | None = None
     migrations: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] | None = None
 
 
 def check_keras() -> None:
@@ -142,7 +147,7 @@ def load_model(path: Path, *, unsafe: bool = False) -> LoadedModel:
             stored = os.fstat(f.fileno()).st_size
             with variable_budget(allowance(stored), _too_large(path, stored)) as budget:
                 try:
-                    model, version, migrations = reader(f, path, unsafe=unsafe)
+                    model, version, migrations, record = reader(f, path, unsafe=unsafe)
                 except ModelLoadError:
                     # Keras wraps what a layer's build raised in its own error: the
                     # budget's refusal is the reason, whatever Keras made of it.
@@ -169,6 +174,7 @@ def load_model(path: Path, *, unsafe: bool = False) -> LoadedModel:
         size=stored,
         keras_version=version,
         migrations=migrations,
+        provenance=record if isinstance(record, dict) else None,
     )
 
 
@@ -188,11 +194,14 @@ def save_model(
     check: Callable[[Path], object] | None = None,
     *,
     replace: bool = True,
+    provenance: dict[str, Any] | None = None,
 ) -> int:
     """Save `model` to `out` through `fuse_cli.files.publish` (checked before it lands).
 
     The format follows OUT's extension, decided here once: `.keras` writes the native
-    zip archive, `.h5`/`.hdf5` legacy HDF5.
+    zip archive, `.h5`/`.hdf5` legacy HDF5. `provenance` is kept beside the model, where
+    Keras never reads it: the archive member `fuse.json`, or the HDF5 root attribute
+    `fuse_provenance` (JSON).
 
     Returns:
         The size of the written file in bytes.
@@ -206,9 +215,26 @@ def save_model(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.save(tmp)
+        if provenance is not None:
+            _write_provenance(tmp, suffix, provenance)
 
     suffix = ".keras" if out.suffix.lower() == ".keras" else ".h5"
     return publish(out, write, check=check, suffix=suffix, replace=replace)
+
+
+def _write_provenance(tmp: Path, suffix: str, record: dict[str, Any]) -> None:
+    import json
+    import zipfile
+
+    text = json.dumps(record, sort_keys=True, allow_nan=False)
+    if suffix == ".keras":
+        with zipfile.ZipFile(tmp, "a") as zf:
+            zf.writestr(PROVENANCE_MEMBER, text)
+        return
+    import h5py
+
+    with h5py.File(tmp, "a") as h5:
+        h5.attrs[PROVENANCE_ATTRIBUTE] = text
 
 
 def load_models(

@@ -22,6 +22,7 @@ from fuse_cli.formats.failures import describe_load_failure, is_unsafe_refusal
 from fuse_cli.formats.legacy_refusals import refusal
 from fuse_cli.formats.legacy_rules import Config, migrate_config, misread_silently
 from fuse_cli.formats.screening import (
+    PROVENANCE_ATTRIBUTE,
     attr_text,
     check_config,
     check_hdf5,
@@ -36,11 +37,12 @@ if TYPE_CHECKING:
 
 def load_hdf5(
     f: IO[bytes], path: Path, *, unsafe: bool
-) -> tuple[keras.Model, str | None, list[str]]:
+) -> tuple[keras.Model, str | None, list[str], Any]:
     """Check an HDF5 model file and load it from the same open file.
 
     Returns:
-        The model, the writer's Keras version (if recorded) and the legacy rules applied.
+        The model, the writer's Keras version (if recorded), the legacy rules applied,
+        and the provenance record fuse keeps beside a merged model (an attribute), or None.
 
     Raises:
         ModelLoadError: A refused, corrupt or unloadable file.
@@ -56,6 +58,9 @@ def load_hdf5(
             check_hdf5(h5, path, stored=file_size(f))
             config = parse_config(attr_text(h5.attrs["model_config"]) or "", path, "model_config")
             version = attr_text(h5.attrs.get("keras_version"))
+            stored_record = attr_text(h5.attrs.get(PROVENANCE_ATTRIBUTE))
+            record = (parse_config(stored_record, path, PROVENANCE_ATTRIBUTE)
+                      if stored_record is not None else None)
         except ModelLoadError:
             raise
         except Exception as exc:  # h5py raises OSError, KeyError, ... on corrupt structures
@@ -65,7 +70,7 @@ def load_hdf5(
         check_config(config, path)
         # From the same open file that was checked: no window to swap the file.
         model, migrations = load_legacy_h5(path, safe_mode=not unsafe, h5=h5)
-    return model, version, migrations
+    return model, version, migrations, record
 
 
 # --- reading the file ---------------------------------------------------------------

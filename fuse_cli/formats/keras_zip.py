@@ -10,6 +10,7 @@ from fuse_cli.errors import ModelLoadError
 from fuse_cli.formats import _keras_private
 from fuse_cli.formats.failures import keras_errors
 from fuse_cli.formats.screening import (
+    PROVENANCE_MEMBER,
     check_archive_weights,
     check_config,
     check_keras_archive,
@@ -23,11 +24,12 @@ if TYPE_CHECKING:
 
 def load_keras_zip(
     f: IO[bytes], path: Path, *, unsafe: bool
-) -> tuple[keras.Model, str | None, list[str]]:
+) -> tuple[keras.Model, str | None, list[str], Any]:
     """Check a `.keras` archive and load it with `compile=False`.
 
     Returns:
-        The model, the writer's Keras version (if recorded) and no migrations.
+        The model, the writer's Keras version (if recorded), no migrations, and the
+        provenance record fuse keeps beside a merged model (`fuse.json`), or None.
 
     Raises:
         ModelLoadError: A refused or corrupt archive, or one Keras cannot load.
@@ -42,6 +44,7 @@ def load_keras_zip(
             except ModelLoadError:
                 metadata = None  # only the writer's version is read from it, if it parses
             config = _read_json_member(zf, "config.json", path)
+            record = _read_json_member(zf, PROVENANCE_MEMBER, path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise ModelLoadError(f"{path}: corrupt .keras archive: {exc}") from None
     if not isinstance(config, dict):
@@ -51,7 +54,7 @@ def load_keras_zip(
     with keras_errors(path):
         model = _keras_private.load_keras_archive(f, safe_mode=not unsafe)
     version = metadata.get("keras_version") if isinstance(metadata, dict) else None
-    return model, version if isinstance(version, str) else None, []
+    return model, version if isinstance(version, str) else None, [], record
 
 
 def _read_json_member(zf: zipfile.ZipFile, name: str, path: Path) -> Any:

@@ -39,6 +39,10 @@ _URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # Path() folds "://" to "
 
 # What a `.keras` archive written by Keras 3 contains (saving_lib.py).
 KERAS_MEMBERS = frozenset({"config.json", "metadata.json", "model.weights.h5", "model.weights.npz"})
+# What fuse adds beside a merged model: its provenance record, JSON (`fuse_cli.provenance`);
+# in a legacy `.h5`, the root attribute of that name. Keras ignores both.
+PROVENANCE_MEMBER = "fuse.json"
+PROVENANCE_ATTRIBUTE = "fuse_provenance"
 KERAS_ASSETS = "assets/"
 MiB = 1024**2
 # A file costs what it stores (DESIGN §4): what a file makes fuse allocate, extract or
@@ -177,7 +181,9 @@ def check_keras_archive(zf: zipfile.ZipFile, path: Path, stored: int | None = No
             raise ModelLoadError(f"{path}: archive member {name!r} climbs out with '..'")
         if stat.S_ISLNK(info.external_attr >> 16):
             raise ModelLoadError(f"{path}: archive member {name!r} is a link")
-        if name not in KERAS_MEMBERS and not name.startswith(KERAS_ASSETS):
+        if name not in KERAS_MEMBERS and name != PROVENANCE_MEMBER and not name.startswith(
+            KERAS_ASSETS
+        ):
             raise ModelLoadError(f"{path}: unexpected archive member {name!r}")
         limit = MAX_CONFIG_BYTES if name.endswith(".json") else MAX_MEMBER_BYTES
         if info.file_size > limit:

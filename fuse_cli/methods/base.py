@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +23,30 @@ if TYPE_CHECKING:
     from fuse_cli.planning import MergeOptions
 
 Transforms = list[list[str | None]]
+
+
+@dataclass
+class Head:
+    """One output of a merged model, as its merge method combines it.
+
+    Attributes:
+        name: The output layer's name (`combine`, `combine_<h>`).
+        mode: The merge method's name.
+        coefficients: One weight per member, as the graph computes with them.
+        renormalize: Product mode: divided by the sum over the last axis.
+        inputs: Per member, the tensor the head combines (a member's output, or the
+            activation `--to-probabilities` appended to it).
+        layer: The layer that makes the head's output.
+        record: The provenance a fuse layer of an older file keeps in its config.
+    """
+
+    name: str
+    mode: str
+    coefficients: list[float]
+    renormalize: bool
+    inputs: list[Any]
+    layer: Any
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 class MergeMethod(ABC):
@@ -68,6 +93,35 @@ class MergeMethod(ABC):
     def layer_arguments(self, options: MergeOptions) -> dict[str, Any]:
         """Arguments of the combining layer beyond its coefficients."""
         return {}
+
+    # Whether the merged file loads in plain Keras (Keras's own layers only).
+    plain_keras: bool = False
+
+    def build_head(
+        self, inputs: list[Any], coefficients: Sequence[float], options: MergeOptions, name: str
+    ) -> Any:
+        """One head of the merged graph: `inputs` (one tensor per member) combined."""
+        layer = self.layer_class()(list(coefficients), name=name, **self.layer_arguments(options))
+        return layer(inputs)
+
+    def find_heads(self, model: keras.Model) -> list[Head]:
+        """The heads this method combines in a merged model (its fuse layers)."""
+        from fuse_cli.formats._keras_private import inbound_nodes
+
+        kind = self.layer_class()
+        heads = []
+        for layer in model.layers:
+            if isinstance(layer, kind):
+                nodes = inbound_nodes(layer)
+                provenance = getattr(layer, "provenance", None)
+                heads.append(Head(
+                    name=layer.name, mode=self.name,
+                    coefficients=[float(c) for c in layer.coefficients],
+                    renormalize=bool(getattr(layer, "renormalize", False)),
+                    inputs=list(nodes[0].input_tensors) if nodes else [], layer=layer,
+                    record=provenance if isinstance(provenance, dict) else {},
+                ))
+        return heads
 
     # --- the numpy reference -----------------------------------------------------------
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fuse_cli.compatibility import check_output_kinds
 from fuse_cli.errors import UsageError
-from fuse_cli.methods.base import MergeMethod, Transforms
+from fuse_cli.methods.base import Head, MergeMethod, Transforms
 
 if TYPE_CHECKING:
     import keras
@@ -17,12 +17,61 @@ if TYPE_CHECKING:
     from fuse_cli.planning import MergeOptions
 
 
+WEIGHT_SUFFIX = "_weight_"
+
+
 class WeightedSumMethod(MergeMethod):
-    """Weighted arithmetic mean of the members' outputs."""
+    """Weighted arithmetic mean of the members' outputs, in Keras's own layers.
+
+    Each member's output is scaled by its weight (`Rescaling(w_i)`, named
+    `<head>_weight_<i>`) and the scaled outputs are added (`Add`, named `combine` or
+    `combine_<h>`): the file loads with plain `keras.saving.load_model`, nothing of fuse
+    installed. Files of earlier fuse releases hold `fuse>WeightedSum`, still read.
+    """
 
     name = "sum"
     layer_name = "WeightedSum"
     summary = "Σ w_i·y_i"
+    plain_keras = True
+
+    def build_head(
+        self, inputs: list[Any], coefficients: Sequence[float], options: MergeOptions, name: str
+    ) -> Any:
+        import keras
+
+        scaled = [
+            keras.layers.Rescaling(float(c), name=f"{name}{WEIGHT_SUFFIX}{i}")(x)
+            for i, (x, c) in enumerate(zip(inputs, coefficients, strict=True))
+        ]
+        return keras.layers.Add(name=name)(scaled)
+
+    def find_heads(self, model: keras.Model) -> list[Head]:
+        """`fuse>WeightedSum` layers (older files), and `Add` layers named `combine*` whose
+        every input is a `Rescaling` (no offset) named `<head>_weight_<i>`."""
+        import keras
+
+        from fuse_cli.formats._keras_private import inbound_nodes, keras_history
+
+        heads = super().find_heads(model)
+        for layer in model.layers:
+            if not (isinstance(layer, keras.layers.Add) and layer.name.startswith("combine")):
+                continue
+            nodes = inbound_nodes(layer)
+            scalings = [keras_history(t) for t in (nodes[0].input_tensors if nodes else [])]
+            weights, inputs = [], []
+            for i, history in enumerate(scalings):
+                scaling = history[0] if history else None
+                if not (isinstance(scaling, keras.layers.Rescaling)
+                        and scaling.name == f"{layer.name}{WEIGHT_SUFFIX}{i}"
+                        and float(scaling.offset) == 0.0
+                        and isinstance(scaling.scale, int | float)):
+                    break
+                weights.append(float(scaling.scale))
+                inputs.extend(inbound_nodes(scaling)[0].input_tensors)
+            else:
+                if len(weights) >= 2:
+                    heads.append(Head(layer.name, self.name, weights, False, inputs, layer))
+        return heads
 
     def check_options(self, options: MergeOptions) -> None:
         if options.renormalize:
