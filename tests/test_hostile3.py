@@ -356,20 +356,23 @@ def test_the_hdf5_total_declared_bytes_budget(runner: CliRunner, tmp_path: Path)
 
 
 def test_backbones_that_differ_only_in_trainable_are_not_shared(tmp_path: Path) -> None:
-    """The library call: a frozen and a trainable copy of one backbone compute alike but
+    """The library call: a backbone whose kernel variable is frozen and one whose kernel
+    trains compute alike and have equal configs (the layer's own flag is unchanged), but
     are not the same layer (fine-tuning would change one); nothing is shared."""
     import keras
 
     from fuse_cli.sharing import find_sharing
 
-    def member(trainable: bool, seed: int) -> keras.Model:
+    def member(frozen_kernel: bool, seed: int) -> keras.Model:
         keras.utils.set_random_seed(0)
         inputs = keras.Input((6,))
         backbone = keras.layers.Dense(8, activation="relu", name="backbone")
-        backbone.trainable = trainable
         x = backbone(inputs)
+        backbone.kernel.trainable = not frozen_kernel
         keras.utils.set_random_seed(seed)
         return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
 
-    assert find_sharing([member(True, 1), member(True, 2)]).segments  # shared when equal
-    assert find_sharing([member(True, 1), member(False, 2)]).segments == []
+    a, b = member(False, 1), member(True, 2)
+    assert a.layers[1].get_config() == b.layers[1].get_config()
+    assert find_sharing([member(False, 1), member(False, 2)]).segments  # shared when equal
+    assert find_sharing([a, b]).segments == []
