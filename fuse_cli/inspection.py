@@ -33,6 +33,7 @@ from fuse_cli.planning import MergeOptions
 from fuse_cli.provenance import (
     numbers_or_none,
     recorded_members,
+    recorded_preprocessing,
     recorded_sharing,
     text_or_none,
 )
@@ -70,6 +71,8 @@ class EnsembleInfo:
     tuning: dict[str, Any] | None = None
     # What the members share and compute once, as recorded (`fuse_cli.sharing`).
     sharing: dict[str, Any] | None = None
+    # What was done to images before the members saw them, as recorded by `fuse tune`.
+    preprocessing: dict[str, Any] | None = None
 
 
 @dataclass
@@ -300,4 +303,5 @@ def read_ensemble(model: keras.Model, beside: dict[str, Any] | None = None) -> E
         members=infos,
         tuning=tuning if isinstance(tuning, dict) else None,
         sharing=recorded_sharing(raw.get("sharing")),
+        preprocessing=recorded_preprocessing(raw.get("preprocessing")),
     )

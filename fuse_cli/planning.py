@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from fuse_cli.choices import ExportFormat, InputsMode, Mode
 from fuse_cli.compatibility import (
     Combination,
+    InputPlan,
     check_outputs,
     plan_inputs,
 )
@@ -283,8 +284,14 @@ class MergePlan:
                   in zip(self.labels, self.combination.transforms, strict=True)]
         return self.method.formula_text(labels, self.weights, self.options.renormalize)
 
-    def with_weights(self, weights: Sequence[float], tuning: dict[str, Any]) -> MergePlan:
-        """The same plan with the weights `fuse tune` chose, and how it chose them.
+    def with_weights(
+        self,
+        weights: Sequence[float],
+        tuning: dict[str, Any],
+        preprocessing: dict[str, Any] | None = None,
+    ) -> MergePlan:
+        """The same plan with the weights `fuse tune` chose, how it chose them, and the
+        preprocessing of the data it chose them on.
 
         Raises:
             UsageError: Weights that are all zero or do not add up.
@@ -294,8 +301,36 @@ class MergePlan:
         request = replace(self.request, weights_given=given, weights=normalized,
                           options=replace(self.options, weight=None, weights=given))
         provenance = replace(self.provenance, weights_given=given, weights=normalized,
-                             tuning=tuning)
+                             tuning=tuning, preprocessing=preprocessing)
         return replace(self, request=request, provenance=provenance)
+
+    def keep(self, kept: Sequence[int]) -> MergePlan:
+        """The same plan with only the members `kept` (indices, in order; at least two).
+
+        What was checked of each member holds for a subset; the shared backbone is found
+        again among the members kept.
+        """
+        from fuse_cli.sharing import find_sharing
+
+        members = tuple(self.members[i] for i in kept)
+        labels = tuple(self.labels[i] for i in kept)
+        transforms = [self.combination.transforms[i] for i in kept]
+        inputs = self.combination.plan
+        specs = inputs.specs if inputs.shared else [inputs.specs[i] for i in kept]
+        combination = Combination(self.combination.heads, InputPlan(inputs.shared, specs),
+                                  transforms)
+        sharing = find_sharing([m.model for m in members]) if self.sharing else None
+        given = tuple(self.request.weights_given[i] for i in kept)
+        request = replace(self.request, files=tuple(m.path for m in members),
+                          weights_given=given, weights=tuple(normalize(given)))
+        provenance = replace(
+            self.provenance, members=tuple(self.provenance.members[i] for i in kept),
+            weights_given=request.weights_given, weights=request.weights,
+            to_probabilities=appended_record(labels, transforms),
+            sharing=sharing.record() if sharing else self.provenance.sharing,
+        )
+        return replace(self, request=request, members=members, labels=labels,
+                       combination=combination, sharing=sharing, provenance=provenance)
 
 
 def check_combination(

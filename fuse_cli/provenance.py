@@ -59,6 +59,9 @@ class Provenance:
             `appended` (per head).
         sharing: What members share and compute once (`sharing_record`).
         tuning: How `fuse tune` chose the weights (`tuning_record`).
+        preprocessing: What was done to the images the weights were chosen on
+            (`--rescale`, `--offset`, the resize and the channels each member took),
+            which whoever runs the file must do too.
         version: The record's schema version.
     """
 
@@ -73,6 +76,7 @@ class Provenance:
     to_probabilities: tuple[dict[str, Any], ...] = ()
     sharing: dict[str, Any] | None = None
     tuning: dict[str, Any] | None = None
+    preprocessing: dict[str, Any] | None = None
     version: int = VERSION
 
     def to_record(self) -> dict[str, Any]:
@@ -93,6 +97,8 @@ class Provenance:
             record["allow_mixed_outputs"] = True
         if self.tuning is not None:
             record["tuning"] = self.tuning
+        if self.preprocessing is not None:
+            record["preprocessing"] = self.preprocessing
         return record
 
     def with_tuning(self, tuning: dict[str, Any]) -> Provenance:
@@ -240,6 +246,28 @@ def recorded_sharing(record: Any) -> dict[str, Any] | None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def recorded_preprocessing(record: Any) -> dict[str, Any] | None:
+    """The provenance's `preprocessing` entry, type-checked: `rescale` and `offset`
+    (numbers or None), `resize` (text), `members` (file, height, width, color mode)."""
+    if not isinstance(record, dict):
+        return None
+    number = (int, float)
+    members = record.get("members")
+    if not isinstance(members, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("file"), str)
+        and isinstance(m.get("height"), int) and isinstance(m.get("width"), int)
+        and isinstance(m.get("color_mode"), str) for m in members
+    ):
+        return None
+    scale, offset = record.get("rescale"), record.get("offset")
+    if not all(v is None or (isinstance(v, number) and not isinstance(v, bool))
+               for v in (scale, offset)):
+        return None
+    return {"rescale": scale, "offset": offset, "resize": text_or_none(record.get("resize")),
+            "members": [{k: m[k] for k in ("file", "height", "width", "color_mode")}
+                        for m in members]}
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,17 @@ def _print_model_info(info: ModelInfo) -> None:
     tuning = tuning_summary(e.tuning)
     if tuning is not None:
         console.print(f"  tuned:      {literal(_tuning_text(tuning))}")
+    if e.preprocessing is not None:
+        console.print(f"  images:     {literal(_preprocessing_text(e.preprocessing))}")
+
+
+def _preprocessing_text(pre: dict[str, Any]) -> str:
+    """How a tune fed its images: `x * 0.00392 + 0; rgb.keras 12x10 rgb, ...`."""
+    scale = 1.0 if pre["rescale"] is None else pre["rescale"]
+    offset = 0.0 if pre["offset"] is None else pre["offset"]
+    sizes = ", ".join(f"{m['file']} {m['height']}x{m['width']} {m['color_mode']}"
+                      for m in pre["members"])
+    return f"pixels (0-255) x {scale:.6g} + {offset:g}, resized bilinear: {sizes}"
 
 
 def _tuning_text(tuning: TuningSummary) -> str:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fuse_cli.choices import Metric, Mode
+from fuse_cli.compatibility import input_specs
 from fuse_cli.data import SPLIT_SEED, Dataset
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
@@ -38,9 +39,16 @@ from fuse_cli.evaluation import (
 from fuse_cli.files import Destination
 from fuse_cli.formats import load_models, sha256_of
 from fuse_cli.formula import apply_activation
-from fuse_cli.images import ImageFolder, ImageOptions
+from fuse_cli.images import CHANNELS, ImageFolder, ImageOptions, image_input
 from fuse_cli.merge import execute
-from fuse_cli.planning import MergeOptions, MergePlan, Request, check_request, make_plan
+from fuse_cli.planning import (
+    MergeOptions,
+    MergePlan,
+    Request,
+    check_request,
+    make_plan,
+    normalize,
+)
 from fuse_cli.plotting import plot_search
 from fuse_cli.predictions import Predictions, check_provenance, read_predictions
 from fuse_cli.provenance import tuning_record
@@ -72,6 +80,8 @@ class TuneOptions:
     images: ImageOptions | None = None
     predictions: Path | None = None
     plot: Path | None = None
+    # Keep members the search gave weight 0 in the file (default: leave them out).
+    keep_zero_weights: bool = False
 
     @property
     def mode(self) -> Mode:
@@ -267,11 +277,17 @@ def tune(
     search = choose_weights(outputs, y, method=options.merge.method,
                             renormalize=options.merge.renormalize, metric=options.metric.value,
                             holdout=options.holdout, cv=options.cv, say=say)
+    kept = _kept(search.weights, options)
     notes = ([] if data is None else data_notes(data)) + _tune_warnings(
         list(plan.labels), search.weights, search.fit, search.held, search.cv, options)
+    notes += [f"{plan.labels[i]}: weight 0: left out of {request.output} (its predictions "
+              "cost and add nothing; --keep-zero-weights keeps it)"
+              for i in range(len(plan.members)) if i not in kept]
     tuning = _provenance(_describe_source(saved, data, len(y)), search, options)
-    merged = execute(plan.with_weights(search.weights, tuning), progress=progress,
-                     start=start)
+    chosen = plan if len(kept) == len(plan.members) else plan.keep(kept)
+    merged = execute(chosen.with_weights([search.weights[i] for i in kept], tuning,
+                                         _preprocessing(data, plan, options)),
+                     progress=progress, start=start)
     report = TuneReport(
         data=str(source),
         rows=len(y),
@@ -280,7 +296,7 @@ def tune(
         holdout=options.holdout,
         seed=SPLIT_SEED,
         files=list(plan.labels),
-        weights=merged.weights,
+        weights=normalize(search.weights),
         fit=search.fit,
         heldout=search.held,
         path=search.path,
@@ -297,6 +313,35 @@ def tune(
         report.plot = str(options.plot)
     report.elapsed_seconds = time.perf_counter() - start
     return report
+
+
+def _kept(weights: Sequence[float], options: TuneOptions) -> list[int]:
+    """The members the file keeps: all, or those of weight above 0 while two remain."""
+    nonzero = [i for i, w in enumerate(weights) if w > 0]
+    if options.keep_zero_weights or len(nonzero) < 2:
+        return list(range(len(weights)))
+    return nonzero
+
+
+def _preprocessing(
+    data: Data | None, plan: MergePlan, options: TuneOptions
+) -> dict[str, Any] | None:
+    """What was done to a folder's images before each member saw them (None for arrays):
+    the provenance keeps it so whoever runs the file does the same."""
+    if not isinstance(data, ImageFolder):
+        return None
+    images = options.images or ImageOptions()
+    sizes = [image_input(input_specs(m.model), label)
+             for m, label in zip(plan.members, plan.labels, strict=True)]
+    return {
+        "rescale": images.rescale,
+        "offset": images.offset,
+        "resize": "bilinear, to each member's input size (keras.utils.image_dataset_from_"
+                  "directory)",
+        "members": [{"file": Path(label).name, "height": h, "width": w,
+                     "color_mode": CHANNELS[c]}
+                    for label, (h, w, c) in zip(plan.labels, sizes, strict=True)],
+    }
 
 
 def _source_kind(saved: Predictions | None, data: Data | None) -> str:
@@ -418,8 +463,9 @@ def _tune_warnings(
     options: TuneOptions,
 ) -> list[str]:
     notes = []
-    for label, weight in zip(labels, weights, strict=True):
-        if weight < 0.01:
+    kept = _kept(weights, options)
+    for i, (label, weight) in enumerate(zip(labels, weights, strict=True)):
+        if weight < 0.01 and i in kept:  # one left out gets its own note
             notes.append(
                 f"{label}: weight {weight:.3g}; it adds its full cost to every prediction "
                 "and almost nothing to the result: consider leaving it out"

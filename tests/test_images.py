@@ -348,3 +348,24 @@ def test_memory_stays_flat_as_the_folder_doubles(tmp_path: Path) -> None:
                                capture_output=True, text=True, check=True)
         peaks.append(int(child.stdout.split()[-1]) / 1024)  # MB (ru_maxrss is in KB)
     assert peaks[1] - peaks[0] < 60, peaks
+
+
+def test_a_folder_tune_records_the_preprocessing_it_fed(
+    runner: CliRunner, images: dict[str, Path], tmp_path: Path
+) -> None:
+    """The rescale, the offset, and each member's size and colour mode are in the file's
+    provenance (and `inspect` shows them): whoever runs the file must feed it so."""
+    from helpers import provenance_of
+
+    out = tmp_path / "tuned.keras"
+    run(runner, "tune", images["rgb"], images["gray"], "--data", images["folder"], "--rescale",
+        "1/255", "--offset", "-0.5", "--cv", "0", "-o", out, ok=True)
+    recorded = provenance_of(out)["preprocessing"]
+    assert recorded["rescale"] == 1 / 255 and recorded["offset"] == -0.5
+    assert recorded["members"] == [
+        {"file": "rgb.keras", "height": 12, "width": 10, "color_mode": "rgb"},
+        {"file": "gray.keras", "height": 9, "width": 9, "color_mode": "grayscale"},
+    ]
+    shown = run(runner, "inspect", out, ok=True).stdout
+    assert "images: pixels (0-255) x 0.00392157 + -0.5, resized bilinear: rgb.keras 12x10 " \
+           "rgb, gray.keras 9x9 grayscale" in " ".join(shown.split())

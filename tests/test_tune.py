@@ -521,3 +521,64 @@ def test_exit_5_output_is_checked_before_the_data(
     assert "e.keras: already exists; pass --force to replace it" in result.stderr
     assert validated(result.stdout)["exit_code"] == 5
     assert out.read_bytes() == b"old"
+
+
+# --- the file people receive: members of weight 0 are left out -----------------------------
+
+
+def _crafted_predictions(zoo: dict[str, Path], path: Path) -> list[Path]:
+    """Predictions of three real member files on 60 rows: the first two each right on half
+    the rows (so both earn weight), the third confidently wrong everywhere (weight 0)."""
+    from fuse_cli.formats import sha256_of
+    from fuse_cli.predictions import Predictions, save_predictions
+
+    files = [zoo["a.keras"], zoo["b.keras"], zoo["c.h5"]]
+    n = 60
+    y = np.random.default_rng(0).integers(0, 10, n)
+    half = np.arange(n) % 2 == 0
+
+    def onehot(labels: np.ndarray, confidence: float) -> np.ndarray:
+        p = np.full((n, 10), (1 - confidence) / 9, dtype=np.float32)
+        p[np.arange(n), labels] = confidence
+        return p
+
+    outputs = [onehot(np.where(half, y, (y + 1) % 10), 0.9),
+               onehot(np.where(~half, y, (y + 2) % 10), 0.9),
+               onehot((y + 3) % 10, 0.99)]
+    save_predictions(Predictions(path=path, y=y, outputs=outputs,
+                                 files=[f.name for f in files],
+                                 sha256=[sha256_of(f) for f in files]), path)
+    return files
+
+
+def test_members_of_weight_zero_are_left_out_of_the_file(
+    runner: CliRunner, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    predictions = tmp_path / "p.npz"
+    files = _crafted_predictions(zoo, predictions)
+    out = tmp_path / "tuned.keras"
+    result = runner.invoke(app, ["tune", *map(str, files), "--predictions", str(predictions),
+                                 "--cv", "0", "-o", str(out), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    report = validated(result.stdout)
+    assert report["weights"][2] == 0 and report["weights"][0] > 0 and report["weights"][1] > 0
+    assert [m["file"] for m in report["merge"]["members"]] == ["a.keras", "b.keras"]
+    assert "c.h5: weight 0: left out of" in result.stderr
+    model = load(out)
+    assert sorted(layer.name for layer in model.layers if layer.name.startswith("member_")) == [
+        "member_0_sequential", "member_1_sequential"]
+    kept = report["weights"][:2]
+    expected = [w / sum(kept) for w in kept]
+    x = np.random.default_rng(1).random((5, 5), dtype=np.float32)
+    a, b = (predict(load(f), x)[0] for f in files[:2])
+    np.testing.assert_allclose(predict(model, x)[0], expected[0] * a + expected[1] * b,
+                               rtol=1e-5, atol=1e-6)
+    assert [m["file"] for m in provenance_of(out)["members"]] == ["a.keras", "b.keras"]
+    verified = runner.invoke(app, ["verify", str(out), *map(str, files[:2])])
+    assert verified.exit_code == 0, verified.stderr
+
+    kept_all = tmp_path / "all.keras"
+    result = runner.invoke(app, ["tune", *map(str, files), "--predictions", str(predictions),
+                                 "--cv", "0", "-o", str(kept_all), "--keep-zero-weights",
+                                 "--json"], catch_exceptions=False)
+    assert len(validated(result.stdout)["merge"]["members"]) == 3

@@ -366,6 +366,11 @@ def tune_command(
     ] = False,
     batch_size: BatchSizeOption = None,
     no_share: NoShareOption = False,
+    keep_zero_weights: Annotated[
+        bool, typer.Option("--keep-zero-weights",
+                           help="Keep members the search gave weight 0 in OUTPUT (by default "
+                           "they are left out: they cost a forward pass and add nothing).")
+    ] = False,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -397,7 +402,8 @@ def tune_command(
         options = TuneOptions(merge=merge, metric=metric, holdout=holdout, cv=cv,
                               batch_size=batch_size,
                               images=_image_options(scale, offset, skip_bad_images),
-                              predictions=predictions, plot=plot)
+                              predictions=predictions, plot=plot,
+                              keep_zero_weights=keep_zero_weights)
         request = check_tune(models, data, output, options)  # before TensorFlow
         import_keras_quietly(debug)
         _quiet_retracing(debug)
