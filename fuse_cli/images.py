@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -288,8 +289,16 @@ def decode_error(file: str) -> str:
     try:
         tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
     except (tf.errors.OpError, ValueError) as exc:
-        return first_line(getattr(exc, "message", None) or exc)
+        return without_op_internals(first_line(getattr(exc, "message", None) or exc))
     return "cannot be decoded"
+
+
+def without_op_internals(message: str) -> str:
+    """A TensorFlow op error as a person reads it: without the `{{function_node ...}}`
+    prefix and the `[Op:DecodeImage]` suffix TensorFlow adds."""
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
+    message = re.sub(r"\s*\[Op:[A-Za-z0-9_]+\](\s*name:.*)?$", "", message)
+    return message.strip() or "cannot be decoded"
 
 
 def predict_folder(

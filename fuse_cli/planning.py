@@ -326,7 +326,7 @@ class MergePlan:
         provenance = replace(
             self.provenance, members=tuple(self.provenance.members[i] for i in kept),
             weights_given=request.weights_given, weights=request.weights,
-            to_probabilities=appended_record(labels, transforms),
+            to_probabilities=appended_record([m.path.name for m in members], transforms),
             sharing=sharing.record() if sharing else self.provenance.sharing,
         )
         return replace(self, request=request, members=members, labels=labels,
@@ -373,10 +373,10 @@ def make_plan(request: Request, loaded: Sequence[LoadedModel]) -> MergePlan:
         weights_given=request.weights_given,
         renormalize=options.renormalize,
         inputs="shared" if shared else "separate",
-        members=tuple(member_record(label, m.model.name, m.sha256, m.migrations)
-                      for m, label in zip(loaded, labels, strict=True)),
+        members=tuple(member_record(m.path, m.model.name, m.sha256, m.migrations)
+                      for m in loaded),
         allow_mixed_outputs=options.allow_mixed_outputs,
-        to_probabilities=appended_record(labels, combination.transforms),
+        to_probabilities=appended_record([m.path.name for m in loaded], combination.transforms),
         sharing=sharing.record() if sharing else sharing_record([], enabled=options.share),
     )
     warnings = _unsafe_warnings(loaded, labels) if options.unsafe else []

@@ -179,10 +179,14 @@ def check_provenance(p: Predictions, names: Sequence[str], digests: Sequence[str
     if len(digests) != len(p.sha256):
         raise DataError(f"{p.name}: holds predictions of {len(p.sha256)} models "
                         f"({', '.join(p.files)}), but {len(digests)} were given")
+    reordered = sorted(digests) == sorted(p.sha256)
     for i, (name, digest) in enumerate(zip(names, digests, strict=True)):
         if digest != p.sha256[i]:
+            advice = (f"the file holds these models in another order ({', '.join(p.files)}): "
+                      "give the models in the order they were saved" if reordered else
+                      "these predictions are not this model's; run fuse evaluate "
+                      "--save-predictions again")
             raise DataError(
                 f"{p.name}: 'p{i}' was made by {p.files[i]} (sha256 {p.sha256[i][:12]}...), "
-                f"but {name} has sha256 {digest[:12]}...: these predictions are not "
-                "this model's; run fuse evaluate --save-predictions again"
+                f"but {name} has sha256 {digest[:12]}...: {advice}"
             )

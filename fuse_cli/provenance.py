@@ -114,12 +114,13 @@ def member_record(
 
 
 def appended_record(
-    labels: Sequence[str], transforms: Sequence[Sequence[str | None]]
+    names: Sequence[str], transforms: Sequence[Sequence[str | None]]
 ) -> tuple[dict[str, Any], ...]:
-    """`--to-probabilities`: which members had softmax/sigmoid appended, head by head."""
+    """`--to-probabilities`: which members (by file name) had softmax/sigmoid appended,
+    head by head."""
     return tuple(
-        {"member": i, "file": Path(label).name, "appended": list(added)}
-        for i, (label, added) in enumerate(zip(labels, transforms, strict=True))
+        {"member": i, "file": name, "appended": list(added)}
+        for i, (name, added) in enumerate(zip(names, transforms, strict=True))
         if any(added)
     )
 

@@ -106,8 +106,9 @@ class PlanReport:
 
 
 def file_labels(paths: Sequence[Path]) -> list[str]:
-    """How each file is named in reports: its name, or its path when names repeat."""
+    """How each file is named in reports: its name, short and distinct. A name given more
+    than once (the same file twice, or two folders' `model.keras`) gets its position on
+    the command line: `cnn_a.keras#1`, `cnn_a.keras#3`."""
     names = [p.name for p in paths]
-    if len(set(names)) == len(names):
-        return names
-    return [str(p) for p in paths]
+    return [f"{name}#{i}" if names.count(name) > 1 else name
+            for i, name in enumerate(names, start=1)]

@@ -160,7 +160,16 @@ class Ensembler:
         return correct / rows, log_loss
 
     def _block_scores(self, z: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Hits and summed -log p per weight vector, for `z` shaped `(G, C, m)`."""
+        """Hits and summed -log p per weight vector, for `z` shaped `(G, C, m)`.
+
+        Overflow and division by zero in float32 are expected at the search's edges
+        (weights 0 and 1, outputs of 0) and are clipped away: numpy is told so, rather
+        than printing a RuntimeWarning to the user.
+        """
+        with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+            return self._block_scores_of(z, t)
+
+    def _block_scores_of(self, z: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         low, high = self.dtype.type(EPSILON), self.dtype.type(1 - EPSILON)
         if self.classes == 1:
             q = self.method.probabilities(z[:, 0])

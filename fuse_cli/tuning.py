@@ -338,9 +338,9 @@ def _preprocessing(
         "offset": images.offset,
         "resize": "bilinear, to each member's input size (keras.utils.image_dataset_from_"
                   "directory)",
-        "members": [{"file": Path(label).name, "height": h, "width": w,
+        "members": [{"file": m.path.name, "height": h, "width": w,
                      "color_mode": CHANNELS[c]}
-                    for label, (h, w, c) in zip(plan.labels, sizes, strict=True)],
+                    for m, (h, w, c) in zip(plan.members, sizes, strict=True)],
     }
 
 

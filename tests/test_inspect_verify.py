@@ -118,7 +118,7 @@ def test_inspect_says_how_files_would_merge(
     assert compatibility["outputs"] == ["(None, 10)"]
     assert compatibility["product"] is product
     if not product:
-        assert "linear.keras: product mode needs outputs >= 0" in compatibility["product_reason"]
+        assert "linear.keras#1: product mode needs outputs >= 0" in compatibility["product_reason"]
 
 
 def test_inspect_prints_a_readable_report(

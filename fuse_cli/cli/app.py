@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -96,10 +98,20 @@ def _print_json(command: str, data: dict[str, object]) -> None:
     console.print_json(json.dumps({"schema": JSON_SCHEMA, "command": command, **data}))
 
 
+# When the command started, as near the process's start as this module's import:
+# "elapsed" is the whole command, TensorFlow's import included.
+STARTED = time.perf_counter()
+
+
 @contextmanager
 def command(name: str, *, debug: bool, json_output: bool) -> Iterator[None]:
-    """Run a command's body: every failure becomes one message and its exit code."""
-    with _exit_on_error(name, debug=debug, json_output=json_output):
+    """Run a command's body: every failure becomes one message and its exit code, and no
+    raw Python warning (a numpy `RuntimeWarning` with its source line, a library's
+    deprecation notice) reaches the terminal unless `--debug`."""
+    with _exit_on_error(name, debug=debug, json_output=json_output), \
+            warnings.catch_warnings():
+        if not debug:
+            warnings.simplefilter("ignore")
         yield
 
 
@@ -127,6 +139,8 @@ def emit(
     else:
         with render.spinner(not json_output) as progress:
             report = run(progress)
+    if hasattr(report, "elapsed_seconds"):
+        report.elapsed_seconds = time.perf_counter() - STARTED  # type: ignore[attr-defined]
     render.print_warnings(list(getattr(report, "warnings", [])))
     if json_output:
         data: Any = report
@@ -154,12 +168,15 @@ def _root(
 ) -> None:
     """Merge saved Keras models into one verified weighted-sum or weighted-product ensemble.
 
-    Loading a merged .keras file from Python needs `import fuse_cli.layers` first.
+    A weighted sum loads with plain keras.saving.load_model; a weighted product needs
+    `import fuse_cli.layers` first.
 
     Exit codes: 0 ok, 1 internal error (a bug), 2 usage, 3 a model cannot be loaded,
     4 the models cannot be combined, 5 the output cannot be written, 6 verification
     failed.
     """
+    global STARTED
+    STARTED = time.perf_counter()  # each command, in a process that runs several (tests)
 
 
 def main() -> None:

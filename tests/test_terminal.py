@@ -1,0 +1,74 @@
+"""What people read: distinct member names, messages without framework internals or raw
+Python warnings, advice that fits the mistake."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import provenance_of, validated
+from typer.testing import CliRunner
+
+from fuse_cli.choices import Mode
+from fuse_cli.cli import app
+from fuse_cli.search import Ensembler
+
+
+def test_a_file_given_twice_gets_distinct_short_names(
+    runner: CliRunner, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "ens.keras"
+    a, b = str(zoo["a.keras"]), str(zoo["b.keras"])
+    result = runner.invoke(app, ["merge", a, b, a, "-o", str(out), "--json"],
+                           catch_exceptions=False)
+    report = validated(result.stdout)
+    assert [m["file"] for m in report["members"]] == ["a.keras#1", "b.keras", "a.keras#3"]
+    assert report["formula"] == "0.333333 * a.keras#1 + 0.333333 * b.keras + " \
+                                "0.333333 * a.keras#3"
+    # the record names the files themselves
+    assert [m["file"] for m in provenance_of(out)["members"]] == ["a.keras", "b.keras",
+                                                                  "a.keras"]
+
+
+def test_a_corrupt_image_is_named_without_tensorflow_internals(tmp_path: Path) -> None:
+    from fuse_cli.images import decode_error
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    reason = decode_error(str(bad))
+    assert reason and "{{function_node" not in reason and "[Op:" not in reason
+    assert "job:localhost" not in reason
+
+
+@pytest.mark.parametrize("mode", [Mode.SUM, Mode.PRODUCT])
+def test_the_search_warns_nothing_at_its_edges(mode: Mode) -> None:
+    """Outputs of exactly 0 (log of 0 in product mode) and rows that sum to 0: numpy
+    would print RuntimeWarnings with their source lines; the search clips them."""
+    outputs = [np.array([[0.0, 1.0], [0.0, 0.0], [1e30, 0.0]], dtype=np.float32),
+               np.array([[1.0, 0.0], [0.0, 0.0], [3e38, 3e38]], dtype=np.float32)]
+    ensembler = Ensembler(outputs, np.array([1, 0, 0]), mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        accuracy, _ = ensembler.scores([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
+    assert accuracy.shape == (3,)
+
+
+def test_predictions_in_another_order_say_to_reorder(
+    runner: CliRunner, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    from fuse_cli.formats import sha256_of
+    from fuse_cli.predictions import Predictions, save_predictions
+
+    files = [zoo["a.keras"], zoo["b.keras"]]
+    saved = tmp_path / "p.npz"
+    p = np.full((6, 10), 0.1, dtype=np.float32)
+    save_predictions(Predictions(path=saved, y=np.arange(6) % 10, outputs=[p, p],
+                                 files=[f.name for f in files],
+                                 sha256=[sha256_of(f) for f in files]), saved)
+    result = runner.invoke(app, ["tune", str(files[1]), str(files[0]), "--predictions",
+                                 str(saved), "-o", str(tmp_path / "t.keras")])
+    assert result.exit_code == 2
+    assert "the file holds these models in another order (a.keras, b.keras): give the " \
+           "models in the order they were saved" in result.stderr
