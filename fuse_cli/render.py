@@ -168,7 +168,7 @@ def sharing_lines(sharing: dict[str, Any] | None, labels: list[str]) -> list[str
         layers = ", ".join(seg["layers"])
         lines.append(f"{seg['name']}{after} = {layers} ({seg['layer_count']} layers, "
                      f"{seg['params']:,} params) computed once for {', '.join(names)}")
-    if sharing.get("params_saved") is not None and sharing.get("bytes_saved") is not None:
+    if sharing.get("params_saved") and sharing.get("bytes_saved") is not None:
         lines.append(f"saves {sharing['params_saved']:,} params "
                      f"({size_text(sharing['bytes_saved'])} of weights)")
     return lines
@@ -398,20 +398,28 @@ def _print_folds(report: TuneReport) -> None:
                   "fold scored with the weights searched on the others; the weights are "
                   "their mean")
     table = Table(title_justify="left")
-    for column in ("fold", "rows", f"weight of {literal(report.files[0])}", "accuracy",
-                   "log-loss"):
-        table.add_column(column, justify="left" if column == "fold" else "right")
+    # Two members: the first's weight (the second's is 1 - it); more: every weight.
+    shown = 1 if len(report.files) == 2 else len(report.files)
+    heading = (f"weight of {literal(report.files[0])}" if shown == 1
+               else "weights (" + ", ".join(literal(f) for f in report.files) + ")")
+    for column in ("fold", "rows", heading, "accuracy", "log-loss"):
+        table.add_column(column, justify="left" if column == "fold" else "right",
+                         overflow="fold")
     for i, fold in enumerate(cv.folds, start=1):
-        table.add_row(str(i), str(fold.rows), f"{fold.weights[0]:.4g}",
+        table.add_row(str(i), str(fold.rows),
+                      ", ".join(f"{w:.4g}" for w in fold.weights[:shown]),
                       *_score_cells([fold.scores]))
     cells = []
     for metric in ("accuracy", "log_loss"):
         found = cv.summary(metric)
         cells.append("n/a" if found is None else f"{found[0]:.4f} ± {found[1]:.4f}")
-    first = [f.weights[0] for f in cv.folds]
-    mean = sum(first) / len(first)
-    spread = (sum((w - mean) ** 2 for w in first) / len(first)) ** 0.5
-    table.add_row("mean ± sd", "", f"{mean:.4g} ± {spread:.2g}", *cells, style="bold")
+    spreads = []
+    for k in range(shown):
+        values = [f.weights[k] for f in cv.folds]
+        mean = sum(values) / len(values)
+        spread = (sum((w - mean) ** 2 for w in values) / len(values)) ** 0.5
+        spreads.append(f"{mean:.4g} ± {spread:.2g}")
+    table.add_row("mean ± sd", "", ", ".join(spreads), *cells, style="bold")
     console.print(table)
 
 

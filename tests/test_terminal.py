@@ -72,3 +72,53 @@ def test_predictions_in_another_order_say_to_reorder(
     assert result.exit_code == 2
     assert "the file holds these models in another order (a.keras, b.keras): give the " \
            "models in the order they were saved" in result.stderr
+
+
+def test_an_npz_given_as_a_model_is_named_as_data(runner: CliRunner, zoo: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    data = tmp_path / "rows.npz"
+    np.savez(data, x=np.zeros((3, 5), np.float32), y=np.zeros(3, np.int64))
+    result = runner.invoke(app, ["merge", str(data), str(zoo["a.keras"]), "-o",
+                                 str(tmp_path / "e.keras")])
+    assert result.exit_code == 3
+    assert "holds the array 'x.npy': an .npz data file (numpy.savez), not a .keras model" \
+        in result.stderr
+
+
+def test_sharing_a_layer_without_weights_claims_no_saving(runner: CliRunner,
+                                                          tmp_path: Path) -> None:
+    import keras
+
+    paths = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Rescaling(0.5),
+                                  keras.layers.Dense(3, activation="softmax")])
+        paths.append(tmp_path / f"m{seed}.keras")
+        model.save(paths[-1])
+    result = runner.invoke(app, ["merge", *map(str, paths), "-o", str(tmp_path / "e.keras")],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert "computed once for m1.keras, m2.keras" in " ".join(result.stdout.split())
+    assert "saves 0 params" not in result.stdout
+
+
+def test_the_fold_table_shows_every_weight_of_three_members(
+    runner: CliRunner, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "val.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((60, 5), dtype=np.float32), y=rng.integers(0, 10, 60))
+    files = [zoo["a.keras"], zoo["b.keras"], zoo["c.h5"]]
+    result = runner.invoke(app, ["tune", *map(str, files), "--data", str(data), "--cv", "3",
+                                 "-o", str(tmp_path / "t.keras"), "--json"],
+                           catch_exceptions=False)
+    folds = validated(result.stdout)["cv"]["folds"]
+    text = runner.invoke(app, ["tune", *map(str, files), "--data", str(data), "--cv", "3",
+                               "-o", str(tmp_path / "t.keras"), "--force"],
+                         catch_exceptions=False).stdout
+    assert "weights (a.keras," in text  # the column names every member, in order
+    row = next(line for line in text.splitlines() if line.startswith("│ 1 "))
+    cells = row + next(line for line in text.splitlines()[text.splitlines().index(row) + 1:])
+    for weight in folds[0]["weights"]:  # fold 1's row (folded over two lines at 80 columns)
+        assert f"{weight:.4g}" in cells

@@ -184,6 +184,11 @@ def check_keras_archive(zf: zipfile.ZipFile, path: Path, stored: int | None = No
         if name not in KERAS_MEMBERS and name != PROVENANCE_MEMBER and not name.startswith(
             KERAS_ASSETS
         ):
+            if name.endswith(".npy"):
+                raise ModelLoadError(
+                    f"{path}: holds the array {name!r}: an .npz data file (numpy.savez), not "
+                    "a .keras model; data goes to fuse evaluate or tune with --data"
+                )
             raise ModelLoadError(f"{path}: unexpected archive member {name!r}")
         limit = MAX_CONFIG_BYTES if name.endswith(".json") else MAX_MEMBER_BYTES
         if info.file_size > limit:
