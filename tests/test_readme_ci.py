@@ -33,30 +33,36 @@ def ci_recipe() -> str:
 
 def test_the_readme_ci_recipe_runs(tmp_path: Path) -> None:
     recipe = ci_recipe()
-    for step in ("--dry-run --json", "--json > merge.json", "fuse export", "status=$?"):
+    for step in ("--dry-run --json", '--json > "$out/merge.json"', "fuse export", "status=$?"):
         assert step in recipe
     shutil.copytree(REPO / "sample_models", tmp_path / "sample_models")
-    bin_dir = str(Path(sys.executable).parent)
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-               TF_CPP_MIN_LOG_LEVEL="3")
+    # As after the Quickstart, in a fresh shell: fuse is in ./.venv/bin and nowhere on PATH
+    # (the recipe's first line puts it there).
+    (tmp_path / ".venv").mkdir()
+    os.symlink(Path(sys.executable).parent, tmp_path / ".venv" / "bin")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if not (Path(p) / "fuse").exists())
+    env = dict(os.environ, PATH=path, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(["bash", "-c", recipe], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    out = tmp_path / "build" / "ci"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".venv", "build", "sample_models"]
 
     reports = {}
     for name in ("plan", "merge", "export"):
-        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        reports[name] = json.loads((out / f"{name}.json").read_text())
         JSON_VALIDATOR.validate(reports[name])
     assert reports["plan"]["dry_run"] is True and reports["merge"]["dry_run"] is False
     assert reports["merge"]["formula"] == "0.5 * cnn_a.keras + 0.5 * cnn_b.h5"
     assert reports["merge"]["max_abs_error"] < 1e-5
     assert reports["export"]["exports"][0]["verified"] is True
-    assert (tmp_path / "ensemble_saved_model" / "saved_model.pb").is_file()
+    assert (out / "ensemble_saved_model" / "saved_model.pb").is_file()
     assert "0.5 * cnn_a.keras + 0.5 * cnn_b.h5 | verified:" in proc.stdout
 
     # The merged file computes the formula on the held-out digits (checked here, not by fuse).
     x = np.load(tmp_path / "sample_models" / "digits_heldout.npz")["x"][:32]
     members = [predict(load(tmp_path / "sample_models" / f), x)[0]
                for f in ("cnn_a.keras", "cnn_b.h5")]
-    np.testing.assert_allclose(predict(load(tmp_path / "ensemble.keras"), x)[0],
+    np.testing.assert_allclose(predict(load(out / "ensemble.keras"), x)[0],
                                0.5 * members[0] + 0.5 * members[1], rtol=1e-5, atol=1e-6)
