@@ -3,7 +3,9 @@
 One home for it (DESIGN §2, "provenance"): its schema (`Provenance`, versioned), how a
 merge, a tune and the sharing add to it, how it is read back from a file and checked
 against what the file computes, and the typed views `inspect`, `verify` and the
-reports are given. It is kept in the config of the merged model's combining layers.
+reports are given. It is kept beside the model, where Keras never reads it
+(`formats.save_model`: the archive member `fuse.json`, or the HDF5 root attribute
+`fuse_provenance`); files of earlier releases keep it in their combining layer's config.
 
 A record read from a file is data from that file: every field is used only if it has
 the type fuse writes; a field of another type counts as not recorded, and `check`
@@ -165,12 +167,6 @@ def tuning_record(
 
 
 # --- reading it back ---------------------------------------------------------------------
-
-
-def raw_record(layer: Any) -> dict[str, Any]:
-    """A combining layer's provenance as stored, or `{}` if it is not a dict."""
-    provenance = getattr(layer, "provenance", None)
-    return provenance if isinstance(provenance, dict) else {}
 
 
 def text_or_none(value: Any) -> str | None:
