@@ -113,3 +113,63 @@ def test_the_provenance_sits_beside_the_model(zoo: dict[str, Path], tmp_path: Pa
     assert "fuse.json" in names and record["version"] == 1 and record["mode"] == "sum"
     config = json.loads(zipfile.ZipFile(out).read("config.json"))
     assert "fuse" not in json.dumps(config)  # nothing of fuse in what Keras reads
+
+
+def test_files_of_earlier_releases_are_still_read_and_verified(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    """A merged file as fuse wrote it before sums were plain Keras: a `fuse>WeightedSum`
+    layer that keeps the provenance in its config. inspect and verify still read it."""
+    import keras
+
+    from fuse_cli.formats import sha256_of
+    from fuse_cli.layers import WeightedSum
+
+    members = [keras.saving.load_model(zoo[n], compile=False) for n in ("a.keras", "c.h5")]
+    record = {"tool": "fuse 0.1.0", "mode": "sum", "weights_given": [3.0, 1.0],
+              "weights": [0.75, 0.25], "renormalize": False, "inputs": "shared",
+              "members": [{"file": n, "name": m.name, "sha256": sha256_of(zoo[n]),
+                           "migrations": []}
+                          for n, m in zip(("a.keras", "c.h5"), members, strict=True)],
+              "to_probabilities": [],
+              "sharing": {"enabled": True, "segments": [], "params_saved": 0,
+                          "bytes_saved": 0}}
+    inputs = keras.Input((5,), name="input")
+    outputs = []
+    for i, member in enumerate(members):
+        member.name = f"member_{i}_{member.name}"
+        outputs.append(member(inputs))
+    combined = WeightedSum([0.75, 0.25], provenance=record, name="combine")(outputs)
+    old = tmp_path / "old.keras"
+    keras.Model(inputs, combined, name="ensemble").save(old)
+
+    runner = CliRunner()
+    shown = validated(runner.invoke(app, ["inspect", str(old), "--json"],
+                                    catch_exceptions=False).stdout)
+    ensemble = shown["models"][0]["ensemble"]
+    assert ensemble["mode"] == "sum" and ensemble["weights"] == [0.75, 0.25]
+    assert ensemble["weights_given"] == [3.0, 1.0] and ensemble["tool"] == "fuse 0.1.0"
+    verified = runner.invoke(app, ["verify", str(old), str(zoo["a.keras"]), str(zoo["c.h5"]),
+                                   "--json"], catch_exceptions=False)
+    assert verified.exit_code == 0, verified.stderr
+    assert validated(verified.stdout)["provenance_recorded"] is True
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+@pytest.mark.parametrize("mode", ["sum", "product"])
+def test_the_record_beside_the_model_is_read_back_by_verify_and_inspect(
+    suffix: str, mode: str, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    out = tmp_path / f"ens{suffix}"
+    a, b = str(zoo["a.keras"]), str(zoo["b.keras"])
+    merged = runner.invoke(app, ["merge", a, b, "-m", mode, "--weights", "1,3", "-o", str(out)],
+                           catch_exceptions=False)
+    assert merged.exit_code == 0, merged.stderr
+    verified = runner.invoke(app, ["verify", str(out), a, b, "--json"], catch_exceptions=False)
+    assert verified.exit_code == 0, verified.stderr
+    assert validated(verified.stdout)["provenance_recorded"] is True
+    shown = validated(runner.invoke(app, ["inspect", str(out), "--json"],
+                                    catch_exceptions=False).stdout)["models"][0]["ensemble"]
+    assert shown["mode"] == mode and shown["weights_given"] == [1.0, 3.0]
+    assert [m["file"] for m in shown["members"]] == ["a.keras", "b.keras"]
