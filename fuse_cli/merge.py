@@ -79,8 +79,11 @@ def merge_request(
     request: Request, progress: Progress | None = None, start: float | None = None
 ) -> MergeReport:
     """Load the members of a checked request (`planning.check_request`), plan, execute."""
+    began = time.perf_counter()
     loaded = load_models(request.files, unsafe=request.options.unsafe, progress=progress)
-    return execute(make_plan(request, loaded), progress=progress, start=start)
+    plan = make_plan(request, loaded)
+    return execute(plan, progress=progress, start=start,
+                   parts={"load and check": time.perf_counter() - began})
 
 
 def dry_run(
@@ -145,7 +148,10 @@ def merge_loaded(
 
 
 def execute(
-    plan: MergePlan, progress: Progress | None = None, start: float | None = None
+    plan: MergePlan,
+    progress: Progress | None = None,
+    start: float | None = None,
+    parts: dict[str, float] | None = None,
 ) -> MergeReport:
     """Build, write, verify and export what `plan` says; every check has run already.
 
@@ -160,9 +166,13 @@ def execute(
     start = time.perf_counter() if start is None else start
     say = progress or (lambda _message: None)
     options, out = plan.options, plan.output
+    parts = dict(parts or {})
+    began = time.perf_counter()
     members = member_reports(plan)  # before the build renames the members in place
     say("building the ensemble")
     merged = build(plan)
+    parts["build"] = time.perf_counter() - began
+    began = time.perf_counter()
     errors: list[float] = []
     reloaded: list[keras.Model] = []
 
@@ -194,6 +204,8 @@ def execute(
         sharing=plan.provenance.sharing,
         loads_without_fuse=not refers_to_fuse(merged),
     )
+    parts["write and verify" if options.verify else "write"] = time.perf_counter() - began
+    began = time.perf_counter()
     # From the model verification reloaded from OUT (or, with --no-verify, the one just
     # saved): OUT is not loaded again for the artifacts.
     written = reloaded[0] if reloaded else merged
@@ -203,6 +215,9 @@ def execute(
             export_model(written, fmt, path, verify=options.verify, quiet=options.quiet,
                          replace=options.force)
         )
+    if plan.request.exports:
+        parts["export"] = time.perf_counter() - began
+    report.parts = parts
     report.elapsed_seconds = time.perf_counter() - start
     return report
 

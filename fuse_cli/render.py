@@ -94,7 +94,7 @@ def print_merge_report(report: MergeReport) -> None:
             console.print(f"{literal(m.file)}: legacy file migrated by "
                           f"{literal(', '.join(m.migrations))}")
     _print_written(report)
-    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
+    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s{_parts_text(report.parts)}")
 
 
 def print_merge_plan(plan: PlanReport) -> None:
@@ -128,6 +128,13 @@ def print_merge_plan(plan: PlanReport) -> None:
     check = "reload and compare with the formula" if plan.verify else "skipped (--no-verify)"
     console.print(f"verify:   {check}")
     console.print("dry run:  every check passed; nothing was written")
+
+
+def _parts_text(parts: dict[str, float]) -> str:
+    """` (load and check 2.3 s, build 0.4 s, ...)`, or nothing."""
+    if not parts:
+        return ""
+    return " (" + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in parts.items()) + ")"
 
 
 def _print_written(report: MergeReport) -> None:
@@ -387,7 +394,7 @@ def print_tune_report(report: TuneReport) -> None:
     _print_written(report.merge)
     if report.plot:
         console.print(f"plot:     {literal(report.plot)}")
-    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s")
+    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s{_parts_text(report.merge.parts)}")
 
 
 def _print_folds(report: TuneReport) -> None:

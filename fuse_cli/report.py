@@ -60,6 +60,9 @@ class MergeReport:
     # Whether the file loads with plain `keras.saving.load_model`, nothing of fuse
     # installed (False: it names fuse's registered objects, e.g. the product's layer).
     loads_without_fuse: bool = True
+    # Seconds spent in each part of the merge (load and check, build, write and verify,
+    # export); `elapsed_seconds` is the whole command.
+    parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def weights(self) -> list[float]:

@@ -264,19 +264,25 @@ def tune(
     say = progress or (lambda _message: None)
     request, source, options = tune_request.merge, tune_request.source, tune_request.options
     files = list(request.files)
+    clock = time.perf_counter()
     saved = read_predictions(source) if options.predictions is not None else None
     data = read_any(source, options.images) if saved is None else None
     loaded = load_models(files, unsafe=options.merge.unsafe, progress=say)
     plan = make_plan(request, loaded)
     output_shape(loaded[0].model, plan.labels[0])  # tune scores one output
+    parts = {"load and check": time.perf_counter() - clock}
+    clock = time.perf_counter()
     if saved is not None:
         outputs, y = _saved_outputs(plan, saved, options)
     else:
         assert data is not None
         outputs, y = _member_outputs(plan, data, options, say, advance)
+    parts["predict"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     search = choose_weights(outputs, y, method=options.merge.method,
                             renormalize=options.merge.renormalize, metric=options.metric.value,
                             holdout=options.holdout, cv=options.cv, say=say)
+    parts["search"] = time.perf_counter() - clock
     kept = _kept(search.weights, options)
     notes = ([] if data is None else data_notes(data)) + _tune_warnings(
         list(plan.labels), search.weights, search.fit, search.held, search.cv, options)
@@ -287,7 +293,7 @@ def tune(
     chosen = plan if len(kept) == len(plan.members) else plan.keep(kept)
     merged = execute(chosen.with_weights([search.weights[i] for i in kept], tuning,
                                          _preprocessing(data, plan, options)),
-                     progress=progress, start=start)
+                     progress=progress, start=start, parts=parts)
     report = TuneReport(
         data=str(source),
         rows=len(y),

@@ -122,3 +122,20 @@ def test_the_fold_table_shows_every_weight_of_three_members(
     cells = row + next(line for line in text.splitlines()[text.splitlines().index(row) + 1:])
     for weight in folds[0]["weights"]:  # fold 1's row (folded over two lines at 80 columns)
         assert f"{weight:.4g}" in cells
+
+
+def test_elapsed_is_the_whole_command_and_its_parts_add_up(
+    runner: CliRunner, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "ens.keras"
+    result = runner.invoke(app, ["merge", str(zoo["a.keras"]), str(zoo["b.keras"]), "-o",
+                                 str(out), "--export", "saved_model", "--json"],
+                           catch_exceptions=False)
+    report = validated(result.stdout)
+    assert list(report["parts"]) == ["load and check", "build", "write and verify", "export"]
+    assert all(seconds >= 0 for seconds in report["parts"].values())
+    # the parts happen within the command: their sum is at most the whole
+    assert sum(report["parts"].values()) <= report["elapsed_seconds"]
+    text = runner.invoke(app, ["merge", str(zoo["a.keras"]), str(zoo["b.keras"]), "-o",
+                               str(out), "--force"], catch_exceptions=False).stdout
+    assert "(load and check " in text and ", write and verify " in text
