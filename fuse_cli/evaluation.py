@@ -26,8 +26,10 @@ from fuse_cli.images import (
     ImageOptions,
     folder_labels,
     image_input,
+    own_scaling,
     predict_folder,
     read_image_folder,
+    scale_warning,
     screen_images,
 )
 from fuse_cli.predictions import Predictions, save_predictions
@@ -344,7 +346,7 @@ def evaluate(
     files, data, save = list(request.files), request.data, request.save
     batch_size, images = request.batch_size, request.images
     check_keras()
-    runs, digests = [], []
+    runs, digests, scaling = [], [], []
     for path, label in zip(files, file_labels(files), strict=True):
         say(f"loading {path}")
         loaded = load_model(path, unsafe=request.unsafe)
@@ -353,10 +355,14 @@ def evaluate(
         say(f"predicting with {label}")
         runs.append((model_outputs(model, data, label=label, batch_size=batch_size,
                                    images=images, advance=advance), model.name))
+        scaling.append(own_scaling(model))
         del model, loaded
     rows = common_rows([r for r, _ in runs])
     models, outputs, labels, notes = _scores(runs, rows, file_labels(files))
     notes = data_notes(data) + notes
+    if isinstance(data, ImageFolder):
+        warning = scale_warning(file_labels(files), scaling, images)
+        notes += [warning] if warning else []
     if save is not None:
         say(f"writing {save}")
         save_predictions(Predictions(

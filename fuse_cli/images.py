@@ -255,6 +255,39 @@ def folder_labels(folder: ImageFolder, output_shape: Sequence[int | None], label
     )
 
 
+def own_scaling(model: Any) -> str | None:
+    """The scaling layer a model applies to its pixels itself (`Rescaling`,
+    `Normalization`, nested models included), by class name, or None."""
+    from fuse_cli.formats._keras_private import all_layers
+
+    return next((type(layer).__name__ for layer in all_layers(model)
+                 if type(layer).__name__ in ("Rescaling", "Normalization")), None)
+
+
+def scale_warning(
+    labels: Sequence[str], scalings: Sequence[str | None], options: ImageOptions | None
+) -> str | None:
+    """One warning, with the fix, where the data's range and the members' own scaling
+    layers disagree: pixels fed as decoded (0-255) to a model with no scaling layer (most
+    are trained on 0-1 or -1-1), or `--rescale` on top of a model's own `Rescaling`.
+    None when they agree."""
+    rescaled = options is not None and options.rescale is not None
+    raw = [label for label, own in zip(labels, scalings, strict=True)
+           if own is None and not rescaled]
+    twice = [label for label, own in zip(labels, scalings, strict=True)
+             if own == "Rescaling" and rescaled]
+    parts = []
+    if raw:
+        parts.append(f"{', '.join(raw)}: fed the pixels as decoded (0-255) and has no "
+                     "Rescaling layer of its own; if it was trained on inputs in 0-1, pass "
+                     "--rescale 1/255 (-1 to 1: --rescale 1/127.5 --offset -1; --rescale 1 "
+                     "says 0-255 is right)")
+    if twice:
+        parts.append(f"{', '.join(twice)}: rescales its pixels itself, and --rescale "
+                     "scales them again: leave --rescale out unless it was trained so")
+    return "; ".join(parts) or None
+
+
 def image_batches(folder: ImageFolder, rows: np.ndarray, size: tuple[int, int, int],
              options: ImageOptions, batch_size: int) -> Any:
     """(images, positions) batches; an image that fails to read or decode is dropped."""

@@ -162,3 +162,39 @@ def _path_scores(
     ]
 
 
+def search_warnings(
+    labels: Sequence[str], search: Search, metric: str, kept: Sequence[int]
+) -> list[str]:
+    """What a person should know of the weights found: members that add almost nothing
+    (those `kept` in the file), scores on the rows fitted to, an ensemble worse than its
+    best member where it was scored honestly."""
+    weights, fit, held, cv = search.weights, search.fit, search.held, search.cv
+    notes = []
+    for i, (label, weight) in enumerate(zip(labels, weights, strict=True)):
+        if weight < 0.01 and i in kept:  # one left out gets its own note
+            notes.append(
+                f"{label}: weight {weight:.3g}; it adds its full cost to every prediction "
+                "and almost nothing to the result: consider leaving it out"
+            )
+    if held is not None:
+        ensemble, members_scores, where = held.ensemble.get(metric), held.members, "held-out rows"
+    elif cv is not None:
+        summary = cv.summary(metric)
+        ensemble = None if summary is None else summary[0]
+        members_scores, where = fit.members, f"{len(cv.folds)} cross-validation folds"
+    else:
+        notes.append("--holdout 0 --cv 0: every score is on the rows the weights were "
+                     "fitted to")
+        return notes
+    found = [(s.get(metric), label) for s, label in zip(members_scores, labels, strict=True)]
+    members = [(value, label) for value, label in found if value is not None]
+    if ensemble is None or not members:
+        return notes
+    higher = metric == "accuracy"
+    best, label = max(members) if higher else min(members)
+    if (ensemble < best) if higher else (ensemble > best):
+        notes.append(
+            f"on the {where} the ensemble ({metric} {ensemble:.4g}) does worse "
+            f"than {label} alone ({best:.4g}): the weights may not generalize"
+        )
+    return notes

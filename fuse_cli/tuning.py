@@ -39,7 +39,14 @@ from fuse_cli.evaluation import (
 from fuse_cli.files import Destination
 from fuse_cli.formats import load_models, sha256_of
 from fuse_cli.formula import apply_activation
-from fuse_cli.images import CHANNELS, ImageFolder, ImageOptions, image_input
+from fuse_cli.images import (
+    CHANNELS,
+    ImageFolder,
+    ImageOptions,
+    image_input,
+    own_scaling,
+    scale_warning,
+)
 from fuse_cli.merge import execute
 from fuse_cli.planning import (
     MergeOptions,
@@ -57,7 +64,7 @@ from fuse_cli.search import (
     CrossValidation,
     are_probabilities,
 )
-from fuse_cli.selection import PartScores, Search, choose_weights
+from fuse_cli.selection import PartScores, Search, choose_weights, search_warnings
 
 if TYPE_CHECKING:
     pass
@@ -284,8 +291,12 @@ def tune(
                             holdout=options.holdout, cv=options.cv, say=say)
     parts["search"] = time.perf_counter() - clock
     kept = _kept(search.weights, options)
-    notes = ([] if data is None else data_notes(data)) + _tune_warnings(
-        list(plan.labels), search.weights, search.fit, search.held, search.cv, options)
+    notes = ([] if data is None else data_notes(data)) + search_warnings(
+        list(plan.labels), search, options.metric.value, kept)
+    if isinstance(data, ImageFolder):
+        warning = scale_warning(plan.labels, [own_scaling(m) for m in plan.models],
+                                options.images)
+        notes += [warning] if warning else []
     notes += [f"{plan.labels[i]}: weight 0: left out of {request.output} (its predictions "
               "cost and add nothing; --keep-zero-weights keeps it)"
               for i in range(len(plan.members)) if i not in kept]
@@ -458,44 +469,3 @@ def _saved_outputs(
     for output, label in zip(outputs, labels, strict=True):
         _check_scorable(output, label, saved.name, options)
     return outputs, saved.y.astype(np.int64)
-
-
-def _tune_warnings(
-    labels: Sequence[str],
-    weights: Sequence[float],
-    fit: PartScores,
-    held: PartScores | None,
-    cv: CrossValidation | None,
-    options: TuneOptions,
-) -> list[str]:
-    notes = []
-    kept = _kept(weights, options)
-    for i, (label, weight) in enumerate(zip(labels, weights, strict=True)):
-        if weight < 0.01 and i in kept:  # one left out gets its own note
-            notes.append(
-                f"{label}: weight {weight:.3g}; it adds its full cost to every prediction "
-                "and almost nothing to the result: consider leaving it out"
-            )
-    metric = options.metric.value
-    if held is not None:
-        ensemble, members_scores, where = held.ensemble.get(metric), held.members, "held-out rows"
-    elif cv is not None:
-        summary = cv.summary(metric)
-        ensemble = None if summary is None else summary[0]
-        members_scores, where = fit.members, f"{len(cv.folds)} cross-validation folds"
-    else:
-        notes.append("--holdout 0 --cv 0: every score is on the rows the weights were "
-                     "fitted to")
-        return notes
-    found = [(s.get(metric), label) for s, label in zip(members_scores, labels, strict=True)]
-    members = [(value, label) for value, label in found if value is not None]
-    if ensemble is None or not members:
-        return notes
-    higher = metric == "accuracy"
-    best, label = max(members) if higher else min(members)
-    if (ensemble < best) if higher else (ensemble > best):
-        notes.append(
-            f"on the {where} the ensemble ({metric} {ensemble:.4g}) does worse "
-            f"than {label} alone ({best:.4g}): the weights may not generalize"
-        )
-    return notes

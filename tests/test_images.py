@@ -369,3 +369,36 @@ def test_a_folder_tune_records_the_preprocessing_it_fed(
     shown = run(runner, "inspect", out, ok=True).stdout
     assert "images: pixels (0-255) x 0.00392157 + -0.5, resized bilinear: rgb.keras 12x10 " \
            "rgb, gray.keras 9x9 grayscale" in " ".join(shown.split())
+
+
+def test_a_scale_mismatch_is_warned_once_with_the_fix(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """The sample CNNs were trained on digits in 0-1 and have no Rescaling layer: fed the
+    PNGs' 0-255 pixels their log-loss is far worse (argmax barely moves), and fuse says
+    so once, with the fix; with --rescale 1/255, no warning."""
+    repo = Path(__file__).resolve().parent.parent
+    digits = np.load(repo / "sample_models" / "digits_heldout.npz")
+    root = tmp_path / "digits"
+    for i, (image, label) in enumerate(zip(digits["x"][:200], digits["y"][:200], strict=True)):
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        keras.utils.save_img(root / str(label) / f"{i:04d}.png", image * 255, scale=False)
+    members = [repo / "sample_models" / "cnn_a.keras", repo / "sample_models" / "cnn_b.h5"]
+    raw = run(runner, "evaluate", *members, "--data", root, "--json", ok=True)
+    warnings = [line for line in raw.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "cnn_a.keras, cnn_b.h5: fed the pixels as decoded (0-255)" in warnings[0]
+    assert "pass --rescale 1/255" in warnings[0]
+    scaled = run(runner, "evaluate", *members, "--data", root, "--rescale", "1/255", "--json",
+                 ok=True)
+    assert "warning:" not in scaled.stderr
+    losses = [[m["log_loss"] for m in validated(r.stdout)["models"]] for r in (raw, scaled)]
+    assert all(bad > 2 * good for bad, good in zip(*losses, strict=True))  # the mismatch is real
+    # a model that scales itself, given --rescale on top: the other warning
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    own = tmp_path / "own.keras"
+    model.save(own)
+    twice = run(runner, "evaluate", own, "--data", root, "--rescale", "1/255", ok=True)
+    assert "own.keras: rescales its pixels itself, and --rescale scales them again" in \
+        " ".join(twice.stderr.split())
