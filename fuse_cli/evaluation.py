@@ -150,13 +150,12 @@ def read_any(path: str | Path, images: ImageOptions | None = None) -> Data:
     """
     path = Path(path)
     if path.is_dir():
-        folder = read_image_folder(path)
+        folder = read_image_folder(path, images.class_names if images is not None else None)
         screen_images(folder, skip_bad=images is not None and images.skip_bad)
         return folder
-    if images is not None and (images.rescale is not None or images.offset is not None
-                               or images.skip_bad):
-        raise UsageError(f"--rescale, --offset and --skip-bad-images apply to a folder of "
-                         f"images; {path} is a file")
+    if images is not None and images.given:
+        raise UsageError(f"--rescale, --offset, --skip-bad-images and the other image "
+                         f"options apply to a folder of images; {path} is a file")
     return read_data(path)
 
 

@@ -42,6 +42,9 @@ from fuse_cli.report import Advance
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # keras.utils.image_dataset...
 CHANNELS = {1: "grayscale", 3: "rgb", 4: "rgba"}
+# keras.utils.image_dataset_from_directory's `interpolation` values (tf.image.resize's).
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
+                  "gaussian", "mitchellcubic")
 
 
 
@@ -58,11 +61,30 @@ class ImageOptions:
     rescale: float | None = None
     offset: float | None = None
     skip_bad: bool = False
+    # Keras's `image_dataset_from_directory` options, with its meaning and defaults.
+    interpolation: str = "bilinear"
+    crop_to_aspect_ratio: bool = False
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for option, value in (("--rescale", self.rescale), ("--offset", self.offset)):
             if value is not None and not math.isfinite(value):
                 raise UsageError(f"{option} must be a finite number; got {value}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise UsageError(f"--interpolation {self.interpolation!r}: use one of "
+                             f"{', '.join(INTERPOLATIONS)}")
+
+    @property
+    def given(self) -> bool:
+        """Whether any option differs from its default (they apply to folders only)."""
+        return self != ImageOptions()
+
+    @property
+    def resize(self) -> str:
+        """How images are brought to a member's size, in words (for the provenance)."""
+        how = f"{self.interpolation}, to each member's input size"
+        return how + (", cropped to its aspect ratio first" if self.crop_to_aspect_ratio
+                      else "")
 
 
 @dataclass
@@ -96,12 +118,19 @@ class ImageFolder:
         return self.path.name or str(self.path)
 
 
-def read_image_folder(path: str | Path) -> ImageFolder:
+def read_image_folder(path: str | Path, class_names: Sequence[str] | None = None) -> ImageFolder:
     """List the class subfolders and their image files (names only; nothing is decoded).
+
+    Args:
+        path: The folder.
+        class_names: Keras's `class_names`: the classes to read, in this order (a subset
+            of the subfolders); default: every subfolder, sorted by code point. Hidden
+            subfolders (`.ipynb_checkpoints`) are never classes, as in Keras.
 
     Raises:
         DataLoadError: The folder is missing or unreadable.
-        DataError: No class subfolders, or no image in any of them.
+        DataError: No class subfolders, no image in any of them, or `class_names` that
+            are not subfolders.
     """
     path = Path(path)
     if not path.exists():
@@ -109,9 +138,18 @@ def read_image_folder(path: str | Path) -> ImageFolder:
     if not path.is_dir():
         raise DataLoadError(f"{path}: is not a folder")
     try:
-        classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
+        classes = sorted(e.name for e in os.scandir(path)
+                         if e.is_dir() and not e.name.startswith("."))
     except OSError as exc:
         raise DataLoadError(f"{path}: cannot list: {exc.strerror or exc}") from None
+    if class_names is not None:
+        unknown = [name for name in class_names if name not in classes]
+        if unknown or len(set(class_names)) != len(class_names) or not class_names:
+            raise DataError(
+                f"{path}: --class-names {','.join(class_names)}: each must be one of its "
+                f"subfolders, once ({', '.join(classes) or 'none'})"
+            )
+        classes = list(class_names)
     inside = os.path.realpath(path)
     for name in classes:
         if not _within(path / name, inside):
@@ -293,6 +331,8 @@ def image_batches(folder: ImageFolder, rows: np.ndarray, size: tuple[int, int, i
     """(images, positions) batches; an image that fails to read or decode is dropped."""
     import tensorflow as tf
 
+    from fuse_cli.formats._keras_private import smart_resize
+
     height, width, channels = size
     scale = options.rescale
     offset = options.offset
@@ -300,7 +340,10 @@ def image_batches(folder: ImageFolder, rows: np.ndarray, size: tuple[int, int, i
     def load(path: Any, position: Any) -> tuple[Any, Any]:
         image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
                                    expand_animations=False)
-        image = tf.image.resize(image, (height, width), method="bilinear")
+        if options.crop_to_aspect_ratio:  # Keras's own crop, as its folder loader does
+            image = smart_resize(image, (height, width), options.interpolation)
+        else:
+            image = tf.image.resize(image, (height, width), method=options.interpolation)
         image.set_shape((height, width, channels))
         if scale is not None:
             image = image * scale

@@ -181,11 +181,9 @@ def check_source(data_path: Path | None, options: TuneOptions) -> Path:
         raise UsageError("give either --data (a .npz file or a folder of images) or "
                          "--predictions (saved by fuse evaluate --save-predictions)")
     images = options.images
-    if options.predictions is not None and images is not None and (
-        images.rescale is not None or images.offset is not None or images.skip_bad
-    ):
-        raise UsageError("--rescale, --offset and --skip-bad-images apply to --data DIR; "
-                         "--predictions were computed already")
+    if options.predictions is not None and images is not None and images.given:
+        raise UsageError("--rescale, --offset, --skip-bad-images and the other image "
+                         "options apply to --data DIR; --predictions were computed already")
     source = data_path if data_path is not None else options.predictions
     assert source is not None
     return source
@@ -353,8 +351,7 @@ def _preprocessing(
     return {
         "rescale": images.rescale,
         "offset": images.offset,
-        "resize": "bilinear, to each member's input size (keras.utils.image_dataset_from_"
-                  "directory)",
+        "resize": images.resize,
         "members": [{"file": m.path.name, "height": h, "width": w,
                      "color_mode": CHANNELS[c]}
                     for m, (h, w, c) in zip(plan.members, sizes, strict=True)],

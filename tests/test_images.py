@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -402,3 +403,43 @@ def test_a_scale_mismatch_is_warned_once_with_the_fix(
     twice = run(runner, "evaluate", own, "--data", root, "--rescale", "1/255", ok=True)
     assert "own.keras: rescales its pixels itself, and --rescale scales them again" in \
         " ".join(twice.stderr.split())
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bicubic"])
+def test_keras_folder_options_mean_what_they_mean_in_keras(
+    interpolation: str, runner: CliRunner, images: dict[str, Path], tmp_path: Path
+) -> None:
+    """--interpolation, --crop-to-aspect-ratio and --class-names feed each member exactly
+    what keras.utils.image_dataset_from_directory feeds it with the same options; a hidden
+    folder is no class, as in Keras."""
+    root = tmp_path / "photos"
+    shutil.copytree(images["folder"], root)
+    (root / ".ipynb_checkpoints").mkdir()
+    write_image(root / ".ipynb_checkpoints" / "x.png", np.zeros((5, 5, 3)))
+    order = ["dogs", "birds", "cats"]  # not sorted: class 0 is dogs
+    saved = tmp_path / "p.npz"
+    run(runner, "evaluate", images["rgb"], images["gray"], "--data", root, "--interpolation",
+        interpolation, "--crop-to-aspect-ratio", "--class-names", ",".join(order),
+        "--save-predictions", saved, ok=True)
+    arrays = np.load(saved)
+    assert list(arrays["classes"]) == order
+    for i, name in enumerate(("rgb", "gray")):
+        model = keras.saving.load_model(images[name], compile=False)
+        h, w, c = model.input_shape[1:]
+        ds = keras.utils.image_dataset_from_directory(
+            root, labels="inferred", label_mode="int", image_size=(h, w), shuffle=False,
+            color_mode={1: "grayscale", 3: "rgb"}[c], batch_size=5, verbose=False,
+            interpolation=interpolation, crop_to_aspect_ratio=True, class_names=order)
+        xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
+        np.testing.assert_array_equal(arrays["y"], np.concatenate(ys))
+        np.testing.assert_allclose(arrays[f"p{i}"], model.predict(np.concatenate(xs), verbose=0),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_class_names_that_are_not_folders_are_exit_2(
+    runner: CliRunner, images: dict[str, Path]
+) -> None:
+    result = run(runner, "evaluate", images["rgb"], "--data", images["folder"], "--class-names",
+                 "cats,wolves")
+    assert result.exit_code == 2
+    assert "--class-names cats,wolves: each must be one of its subfolders, once" in result.stderr

@@ -20,9 +20,12 @@ from fuse_cli.cli.options import (
     AllowMixedOption,
     AssumeNonnegativeOption,
     BatchSizeOption,
+    ClassNamesOption,
+    CropOption,
     DataOption,
     DebugOption,
     FileNamesAreNotOptions,
+    InterpolationOption,
     JsonOption,
     MembersArgument,
     ModeOption,
@@ -243,10 +246,16 @@ def verify_command(
 # --- evaluate and tune ---
 
 
-def _image_options(scale: float | None, offset: float | None, skip_bad: bool) -> ImageOptions:
+def _image_options(
+    scale: float | None, offset: float | None, skip_bad: bool, interpolation: str,
+    crop: bool, class_names: str | None,
+) -> ImageOptions:
     from fuse_cli.images import ImageOptions  # numpy, not Keras
 
-    return ImageOptions(rescale=scale, offset=offset, skip_bad=skip_bad)
+    names = tuple(n.strip() for n in class_names.split(",")) if class_names is not None else None
+    return ImageOptions(rescale=scale, offset=offset, skip_bad=skip_bad,
+                        interpolation=interpolation.lower(), crop_to_aspect_ratio=crop,
+                        class_names=names)
 
 
 def _quiet_retracing(debug: bool) -> None:
@@ -275,6 +284,9 @@ def evaluate_command(
     rescale: RescaleOption = None,
     offset: OffsetOption = None,
     skip_bad_images: SkipBadOption = False,
+    interpolation: InterpolationOption = "bilinear",
+    crop_to_aspect_ratio: CropOption = False,
+    class_names: ClassNamesOption = None,
     batch_size: BatchSizeOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace the --save-predictions file if it exists.")
@@ -300,7 +312,8 @@ def evaluate_command(
     with command("evaluate", debug=debug, json_output=json_output):
         from fuse_cli.evaluation import check_evaluate, evaluate
 
-        images = _image_options(parse_scale(rescale), offset, skip_bad_images)
+        images = _image_options(parse_scale(rescale), offset, skip_bad_images, interpolation,
+                                crop_to_aspect_ratio, class_names)
         # Every check that needs no model (the data read too), before TensorFlow.
         request = check_evaluate(models, data, batch_size=batch_size, unsafe=unsafe,
                                  images=images, save=save_predictions, force=force)
@@ -347,6 +360,9 @@ def tune_command(
     rescale: RescaleOption = None,
     offset: OffsetOption = None,
     skip_bad_images: SkipBadOption = False,
+    interpolation: InterpolationOption = "bilinear",
+    crop_to_aspect_ratio: CropOption = False,
+    class_names: ClassNamesOption = None,
     plot: Annotated[
         Path | None,
         typer.Option("--plot", metavar="FILE.png", show_default=False,
@@ -401,7 +417,9 @@ def tune_command(
 
         options = TuneOptions(merge=merge, metric=metric, holdout=holdout, cv=cv,
                               batch_size=batch_size,
-                              images=_image_options(scale, offset, skip_bad_images),
+                              images=_image_options(scale, offset, skip_bad_images,
+                                                    interpolation, crop_to_aspect_ratio,
+                                                    class_names),
                               predictions=predictions, plot=plot,
                               keep_zero_weights=keep_zero_weights)
         request = check_tune(models, data, output, options)  # before TensorFlow

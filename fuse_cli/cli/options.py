@@ -107,6 +107,22 @@ OffsetOption = Annotated[
                  help="Images: add OFFSET after --rescale (Teachable Machine models: "
                  "--rescale 1/127.5 --offset -1)."),
 ]
+InterpolationOption = Annotated[
+    str, typer.Option("--interpolation", metavar="METHOD",
+                      help="Images: how they are resized to each model's size, as Keras's "
+                      "image_dataset_from_directory: bilinear, nearest, bicubic, area, "
+                      "lanczos3, lanczos5, gaussian or mitchellcubic.")
+]
+CropOption = Annotated[
+    bool, typer.Option("--crop-to-aspect-ratio",
+                       help="Images: crop the largest centred part of the model's aspect "
+                       "ratio before resizing, as Keras's crop_to_aspect_ratio.")
+]
+ClassNamesOption = Annotated[
+    str | None, typer.Option("--class-names", metavar="A,B,...", show_default=False,
+                             help="Images: the class folders to read, in this order (class 0 "
+                             "first); default: every folder, sorted, as Keras.")
+]
 SkipBadOption = Annotated[
     bool, typer.Option("--skip-bad-images",
                        help="Images: leave out files that cannot be decoded, counted in a "

@@ -206,6 +206,16 @@ def all_layers(layer: Any) -> list[Any]:
     return list(flatten(include_self=True, recursive=True))
 
 
+def smart_resize(image: Any, size: tuple[int, int], interpolation: str) -> Any:
+    """Keras's `smart_resize` (crop to the aspect ratio, then resize) on TensorFlow
+    tensors, as `image_dataset_from_directory(crop_to_aspect_ratio=True)` calls it inside
+    a `tf.data` map."""
+    resize = private("keras.src.utils.image_utils", "smart_resize")
+    tf_backend = importlib.import_module("keras.src.backend.tensorflow")
+    return resize(image, size, interpolation=interpolation, data_format="channels_last",
+                  backend_module=tf_backend)
+
+
 def keras_mask(tensor: Any) -> Any | None:
     """The mask Keras carries beside a tensor, or None."""
     return getattr(tensor, "_keras_mask", None)
