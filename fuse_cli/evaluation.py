@@ -31,6 +31,7 @@ from fuse_cli.images import (
     read_image_folder,
     scale_warning,
     screen_images,
+    split_folder,
 )
 from fuse_cli.predictions import Predictions, save_predictions
 from fuse_cli.report import Advance, Progress, file_labels
@@ -151,6 +152,7 @@ def read_any(path: str | Path, images: ImageOptions | None = None) -> Data:
     path = Path(path)
     if path.is_dir():
         folder = read_image_folder(path, images.class_names if images is not None else None)
+        folder = split_folder(folder, images) if images is not None else folder
         screen_images(folder, skip_bad=images is not None and images.skip_bad)
         return folder
     if images is not None and images.given:

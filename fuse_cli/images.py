@@ -65,6 +65,9 @@ class ImageOptions:
     interpolation: str = "bilinear"
     crop_to_aspect_ratio: bool = False
     class_names: tuple[str, ...] | None = None
+    validation_split: float | None = None
+    subset: str | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         for option, value in (("--rescale", self.rescale), ("--offset", self.offset)):
@@ -73,6 +76,18 @@ class ImageOptions:
         if self.interpolation not in INTERPOLATIONS:
             raise UsageError(f"--interpolation {self.interpolation!r}: use one of "
                              f"{', '.join(INTERPOLATIONS)}")
+        split = self.validation_split
+        if split is None:
+            if self.subset is not None:
+                raise UsageError("--subset needs --validation-split")
+            return
+        if not 0 < split < 1:
+            raise UsageError(f"--validation-split must be between 0 and 1; got {split}")
+        if self.subset not in ("training", "validation"):
+            raise UsageError("--validation-split needs --subset training or validation")
+        if self.seed is None:
+            raise UsageError("--validation-split needs --seed (as Keras: the same seed gives "
+                             "the same split, with no overlap between the subsets)")
 
     @property
     def given(self) -> bool:
@@ -178,6 +193,28 @@ def read_image_folder(path: str | Path, class_names: Sequence[str] | None = None
             f"{' '.join(IMAGE_SUFFIXES)})"
         )
     return ImageFolder(path, classes, files, np.asarray(labels, dtype=np.int64), ignored)
+
+
+def split_folder(folder: ImageFolder, options: ImageOptions) -> ImageFolder:
+    """Keras's `validation_split` / `subset` / `seed`: the files shuffled with
+    `np.random.RandomState(seed)` (labels alike), the last `int(split x N)` the validation
+    subset and the rest the training one, in that shuffled order.
+
+    Raises:
+        DataError: The split leaves a subset empty.
+    """
+    if options.validation_split is None:
+        return folder
+    files, labels = list(folder.files), list(folder.labels)
+    np.random.RandomState(options.seed).shuffle(files)
+    np.random.RandomState(options.seed).shuffle(labels)
+    count = int(options.validation_split * len(files))
+    if count == 0 or count == len(files):
+        raise DataError(f"{folder.path}: --validation-split {options.validation_split} of "
+                        f"{len(files)} images leaves a subset empty ({count} for validation)")
+    keep = slice(None, -count) if options.subset == "training" else slice(-count, None)
+    return ImageFolder(folder.path, folder.classes, files[keep],
+                       np.asarray(labels[keep], dtype=np.int64), folder.ignored)
 
 
 def _within(path: Path | str, root: str) -> bool:

@@ -443,3 +443,26 @@ def test_class_names_that_are_not_folders_are_exit_2(
                  "cats,wolves")
     assert result.exit_code == 2
     assert "--class-names cats,wolves: each must be one of its subfolders, once" in result.stderr
+
+
+@pytest.mark.parametrize("subset", ["training", "validation"])
+def test_validation_split_selects_the_files_keras_selects(
+    subset: str, runner: CliRunner, images: dict[str, Path]
+) -> None:
+    from fuse_cli.evaluation import read_any
+    from fuse_cli.images import ImageOptions
+
+    options = ImageOptions(validation_split=0.25, subset=subset, seed=7)
+    ours = read_any(images["folder"], options)
+    ds = keras.utils.image_dataset_from_directory(
+        images["folder"], image_size=(8, 8), validation_split=0.25, subset=subset, seed=7,
+        batch_size=4, verbose=False)
+    assert [os.path.relpath(f, images["folder"]) for f in ours.files] == \
+        [os.path.relpath(f, images["folder"]) for f in ds.file_paths]
+    result = run(runner, "evaluate", images["rgb"], "--data", images["folder"],
+                 "--validation-split", "0.25", "--subset", subset, "--seed", "7", "--json",
+                 ok=True)
+    assert validated(result.stdout)["rows"] == len(ds.file_paths)
+    missing = run(runner, "evaluate", images["rgb"], "--data", images["folder"],
+                  "--validation-split", "0.25", "--subset", subset)
+    assert missing.exit_code == 2 and "--validation-split needs --seed" in missing.stderr

@@ -36,9 +36,12 @@ from fuse_cli.cli.options import (
     OutputOption,
     RenormalizeOption,
     RescaleOption,
+    SeedOption,
     SkipBadOption,
+    SubsetOption,
     ToProbabilitiesOption,
     UnsafeOption,
+    ValidationSplitOption,
     merge_options,
     parse_scale,
 )
@@ -248,14 +251,15 @@ def verify_command(
 
 def _image_options(
     scale: float | None, offset: float | None, skip_bad: bool, interpolation: str,
-    crop: bool, class_names: str | None,
+    crop: bool, class_names: str | None, split: tuple[float | None, str | None, int | None],
 ) -> ImageOptions:
     from fuse_cli.images import ImageOptions  # numpy, not Keras
 
     names = tuple(n.strip() for n in class_names.split(",")) if class_names is not None else None
     return ImageOptions(rescale=scale, offset=offset, skip_bad=skip_bad,
                         interpolation=interpolation.lower(), crop_to_aspect_ratio=crop,
-                        class_names=names)
+                        class_names=names, validation_split=split[0], subset=split[1],
+                        seed=split[2])
 
 
 def _quiet_retracing(debug: bool) -> None:
@@ -287,6 +291,9 @@ def evaluate_command(
     interpolation: InterpolationOption = "bilinear",
     crop_to_aspect_ratio: CropOption = False,
     class_names: ClassNamesOption = None,
+    validation_split: ValidationSplitOption = None,
+    subset: SubsetOption = None,
+    seed: SeedOption = None,
     batch_size: BatchSizeOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace the --save-predictions file if it exists.")
@@ -313,7 +320,8 @@ def evaluate_command(
         from fuse_cli.evaluation import check_evaluate, evaluate
 
         images = _image_options(parse_scale(rescale), offset, skip_bad_images, interpolation,
-                                crop_to_aspect_ratio, class_names)
+                                crop_to_aspect_ratio, class_names,
+                                (validation_split, subset, seed))
         # Every check that needs no model (the data read too), before TensorFlow.
         request = check_evaluate(models, data, batch_size=batch_size, unsafe=unsafe,
                                  images=images, save=save_predictions, force=force)
@@ -363,6 +371,9 @@ def tune_command(
     interpolation: InterpolationOption = "bilinear",
     crop_to_aspect_ratio: CropOption = False,
     class_names: ClassNamesOption = None,
+    validation_split: ValidationSplitOption = None,
+    subset: SubsetOption = None,
+    seed: SeedOption = None,
     plot: Annotated[
         Path | None,
         typer.Option("--plot", metavar="FILE.png", show_default=False,
@@ -419,7 +430,8 @@ def tune_command(
                               batch_size=batch_size,
                               images=_image_options(scale, offset, skip_bad_images,
                                                     interpolation, crop_to_aspect_ratio,
-                                                    class_names),
+                                                    class_names,
+                                                    (validation_split, subset, seed)),
                               predictions=predictions, plot=plot,
                               keep_zero_weights=keep_zero_weights)
         request = check_tune(models, data, output, options)  # before TensorFlow

@@ -123,6 +123,19 @@ ClassNamesOption = Annotated[
                              help="Images: the class folders to read, in this order (class 0 "
                              "first); default: every folder, sorted, as Keras.")
 ]
+ValidationSplitOption = Annotated[
+    float | None, typer.Option("--validation-split", metavar="FRACTION", show_default=False,
+                               help="Images: use one subset of the folder, as Keras's "
+                               "validation_split (needs --subset and --seed).")
+]
+SubsetOption = Annotated[
+    str | None, typer.Option("--subset", metavar="training|validation", show_default=False,
+                             help="Images: which subset of --validation-split.")
+]
+SeedOption = Annotated[
+    int | None, typer.Option("--seed", show_default=False,
+                             help="Images: the shuffle seed of --validation-split, as Keras.")
+]
 SkipBadOption = Annotated[
     bool, typer.Option("--skip-bad-images",
                        help="Images: leave out files that cannot be decoded, counted in a "
