@@ -26,7 +26,7 @@ def main() -> None:
         model = keras.saving.load_model(path, compile=False)
         size = tuple(model.input_shape[1:])
         rows = np.arange(folder.rows)
-        images = image_batches(folder, rows, size, ImageOptions(), batch_size).map(
+        images = image_batches(folder, rows, [size], ImageOptions(), batch_size).map(
             lambda x, _position: x)
         output = model.predict(images, verbose=0)
         print(path, output.shape)

@@ -25,7 +25,7 @@ from fuse_cli.images import (
     ImageFolder,
     ImageOptions,
     folder_labels,
-    image_input,
+    image_inputs,
     own_scaling,
     predict_folder,
     read_image_folder,
@@ -169,7 +169,7 @@ def check_data(data: Data, model: keras.Model, shape: tuple[int | None, ...], la
         IncompatibleModelsError: Class folders that do not match the outputs (exit 4).
     """
     if isinstance(data, ImageFolder):
-        image_input(input_specs(model), label)
+        image_inputs(input_specs(model), label)
         folder_labels(data, shape, label)
     else:
         check_inputs(data, input_specs(model), label)
@@ -195,11 +195,11 @@ def model_outputs(
     shape = output_shape(model, label)
     check_data(data, model, shape, label)
     if isinstance(data, ImageFolder):
-        size = image_input(input_specs(model), label)
+        sizes = image_inputs(input_specs(model), label)
         batch = prediction_batch(model, batch_size or IMAGE_BATCH_SIZE, label)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            output, rows = predict_folder(model, data, label=label, size=size,
+            output, rows = predict_folder(model, data, label=label, sizes=sizes,
                                           options=images or ImageOptions(),
                                           batch_size=batch, advance=advance)
         check_finite(output, label, data.name)

@@ -287,12 +287,33 @@ def image_input(specs: Sequence[TensorSpec], label: str) -> tuple[int, int, int]
         DataError: The model does not take one image of fixed size with 1, 3 or 4 channels.
     """
     shapes = ", ".join(str(s) for s in specs)
-    if len(specs) != 1 or len(specs[0].shape) != 3:
+    if len(specs) != 1:
         raise DataError(
             f"{label}: takes {shapes}; --data DIR feeds one image input "
             "(None, height, width, channels)"
         )
-    height, width, channels = specs[0].shape
+    return image_inputs(specs, label)[0]
+
+
+def image_inputs(specs: Sequence[TensorSpec], label: str) -> list[tuple[int, int, int]]:
+    """The `(height, width, channels)` of each image a model takes: one, or one per
+    member of a merged file with separate inputs (each fed the image at its own size, as
+    the member was fed when the file was tuned).
+
+    Raises:
+        DataError: An input that is not an image of fixed size with 1, 3 or 4 channels.
+    """
+    return [_image_size(spec, specs, label) for spec in specs]
+
+
+def _image_size(spec: TensorSpec, specs: Sequence[TensorSpec], label: str) -> tuple[int, int, int]:
+    shapes = ", ".join(str(s) for s in specs)
+    if len(spec.shape) != 3:
+        raise DataError(
+            f"{label}: takes {shapes}; --data DIR feeds images (None, height, width, "
+            "channels)"
+        )
+    height, width, channels = spec.shape
     if height is None or width is None:
         raise DataError(
             f"{label}: takes {shapes}, with no fixed image size; --data DIR resizes to "
@@ -363,20 +384,20 @@ def scale_warning(
     return "; ".join(parts) or None
 
 
-def image_batches(folder: ImageFolder, rows: np.ndarray, size: tuple[int, int, int],
-             options: ImageOptions, batch_size: int) -> Any:
-    """(images, positions) batches; an image that fails to read or decode is dropped."""
+def image_batches(folder: ImageFolder, rows: np.ndarray, sizes: Sequence[tuple[int, int, int]],
+                  options: ImageOptions, batch_size: int) -> Any:
+    """(images, positions) batches, the images once per size in `sizes` (a tuple when
+    several); an image that fails to read or decode is dropped."""
     import tensorflow as tf
 
     from fuse_cli.formats._keras_private import smart_resize
 
-    height, width, channels = size
     scale = options.rescale
     offset = options.offset
 
-    def load(path: Any, position: Any) -> tuple[Any, Any]:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
-                                   expand_animations=False)
+    def one(data: Any, size: tuple[int, int, int]) -> Any:
+        height, width, channels = size
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
         if options.crop_to_aspect_ratio:  # Keras's own crop, as its folder loader does
             image = smart_resize(image, (height, width), options.interpolation)
         else:
@@ -386,7 +407,12 @@ def image_batches(folder: ImageFolder, rows: np.ndarray, size: tuple[int, int, i
             image = image * scale
         if offset is not None:
             image = image + offset
-        return image, position
+        return image
+
+    def load(path: Any, position: Any) -> tuple[Any, Any]:
+        data = tf.io.read_file(path)
+        images = tuple(one(data, size) for size in sizes)
+        return (images if len(images) > 1 else images[0]), position
 
     paths = [folder.files[r] for r in rows]
     ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(rows), dtype=np.int64)))
@@ -419,7 +445,7 @@ def predict_folder(
     folder: ImageFolder,
     *,
     label: str,
-    size: tuple[int, int, int],
+    sizes: Sequence[tuple[int, int, int]],
     options: ImageOptions,
     batch_size: int,
     advance: Advance | None = None,
@@ -439,12 +465,12 @@ def predict_folder(
     expected = 0
     if advance is not None:
         advance(label, 0, total)
-    for images, positions in image_batches(folder, rows, size, options, batch_size):
+    for images, positions in image_batches(folder, rows, sizes, options, batch_size):
         found = positions.numpy()
         if found[-1] - expected + 1 != len(found):
             _missing(folder, rows, expected, found, options)
         expected = int(found[-1]) + 1
-        batch = model.predict_on_batch(images)
+        batch = model.predict_on_batch(list(images) if isinstance(images, tuple) else images)
         outputs.append(np.asarray(batch[0] if isinstance(batch, list | tuple) else batch))
         kept.append(rows[found])
         if advance is not None:

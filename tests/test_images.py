@@ -466,3 +466,21 @@ def test_validation_split_selects_the_files_keras_selects(
     missing = run(runner, "evaluate", images["rgb"], "--data", images["folder"],
                   "--validation-split", "0.25", "--subset", subset)
     assert missing.exit_code == 2 and "--validation-split needs --seed" in missing.stderr
+
+
+def test_evaluate_scores_the_file_a_folder_tune_wrote_as_the_tune_did(
+    runner: CliRunner, images: dict[str, Path], tmp_path: Path
+) -> None:
+    """Members of different sizes and channels get one input each; `fuse evaluate` feeds
+    each input the folder's images at its own size, as the tune fed each member: the same
+    numbers as the tune's."""
+    out = tmp_path / "tuned.keras"
+    tuned = validated(run(runner, "tune", images["rgb"], images["gray"], "--data",
+                          images["folder"], "--cv", "0", "--rescale", "1/255", "-o", out,
+                          "--json", ok=True).stdout)
+    evaluated = validated(run(runner, "evaluate", out, "--data", images["folder"], "--rescale",
+                              "1/255", "--json", ok=True).stdout)
+    (model,) = evaluated["models"]
+    assert evaluated["rows"] == tuned["rows"]
+    assert model["accuracy"] == pytest.approx(tuned["fit"]["ensemble"]["accuracy"])
+    assert model["log_loss"] == pytest.approx(tuned["fit"]["ensemble"]["log_loss"], rel=1e-5)
