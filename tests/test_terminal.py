@@ -139,3 +139,12 @@ def test_elapsed_is_the_whole_command_and_its_parts_add_up(
     text = runner.invoke(app, ["merge", str(zoo["a.keras"]), str(zoo["b.keras"]), "-o",
                                str(out), "--force"], catch_exceptions=False).stdout
     assert "(load and check " in text and ", write and verify " in text
+
+
+@pytest.mark.parametrize("command", ["merge", "export", "inspect", "verify", "evaluate", "tune"])
+def test_help_shows_no_bool_for_a_flag(command: str, runner: CliRunner) -> None:
+    """A flag takes no value: the help shows none (typer would print `<bool>`)."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "--force" in result.stdout or "--json" in result.stdout
+    assert "<bool>" not in result.stdout

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand
@@ -218,6 +218,19 @@ class FileNamesAreNotOptions(TyperCommand):
     turn unsafe mode on: the shell expands `*` to that name, and it reads as the option.
     Nothing after `--` is an option, so `fuse merge -o OUT -- *` is always safe.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:  # help: a flag takes no value, so it shows no `<bool>`
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        """`--help` is a flag too."""
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
         """Check the raw arguments before they are parsed as options."""
