@@ -208,8 +208,10 @@ def check_request(
     Raises:
         UsageError: Bad options, weights, extensions, or a missing exporter package.
         OutputError: A destination that cannot be written.
+        ModelLoadError: A member file that is missing or not a regular file.
     """
     from fuse_cli.export import artifact_destination, artifact_path, check_artifact
+    from fuse_cli.formats.screening import check_model_path
 
     given, normalized = check_options(len(files), options)
     check_model_suffix(out)
@@ -223,8 +225,6 @@ def check_request(
         *writes,
     )
     replaces = check_destinations(destinations, [*files, *reads], force=options.force)
-    from fuse_cli.formats.screening import check_model_path
-
     for path in files if member_paths else ():  # after the destinations
         check_model_path(path)
     return Request(tuple(files), options, out, tuple(given), tuple(normalized), destinations,
