@@ -179,8 +179,13 @@ def check_writes(outputs: Sequence[tuple[str, Path]], inputs: Sequence[Path]) ->
 
 def _inside(path: Path, folder: Path) -> bool:
     """Whether `path` lies strictly inside `folder` (resolved)."""
+    return within(path, folder) and os.path.realpath(path) != os.path.realpath(folder)
+
+
+def within(path: Path | str, folder: Path | str) -> bool:
+    """Whether `path`, links resolved, is `folder` or lies inside it."""
     outer, inner = os.path.realpath(folder), os.path.realpath(path)
-    return inner != outer and inner.startswith(outer.rstrip(os.sep) + os.sep)
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
 def _temporary_of(path: Path, out: Path) -> bool:

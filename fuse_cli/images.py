@@ -37,6 +37,7 @@ from fuse_cli.errors import (
     UsageError,
     first_line,
 )
+from fuse_cli.files import within
 from fuse_cli.image_headers import MAX_PIXELS, declared_size
 from fuse_cli.report import Advance
 
@@ -167,7 +168,7 @@ def read_image_folder(path: str | Path, class_names: Sequence[str] | None = None
         classes = list(class_names)
     inside = os.path.realpath(path)
     for name in classes:
-        if not _within(path / name, inside):
+        if not within(path / name, inside):
             raise DataLoadError(
                 f"{path / name}: a link to {os.path.realpath(path / name)}, outside the "
                 "folder; fuse reads the images inside the folder only (copy them in)"
@@ -217,12 +218,6 @@ def split_folder(folder: ImageFolder, options: ImageOptions) -> ImageFolder:
                        np.asarray(labels[keep], dtype=np.int64), folder.ignored)
 
 
-def _within(path: Path | str, root: str) -> bool:
-    """Whether `path`, links resolved, is `root` or lies inside it."""
-    real = os.path.realpath(path)
-    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def screen_images(folder: ImageFolder, *, skip_bad: bool = False) -> None:
     """Check every image before any is decoded: a regular file inside the folder (no
     FIFO, device or link leaving it) that declares at most `MAX_PIXELS` pixels (frames
@@ -252,7 +247,7 @@ def _refusal(file: str, inside: str) -> str | None:
         mode = os.stat(file).st_mode
     except OSError as exc:
         return f"cannot be read: {exc.strerror or exc}"
-    if not _within(file, inside):
+    if not within(file, inside):
         return f"a link to {os.path.realpath(file)}, outside the folder"
     if not stat.S_ISREG(mode):
         return "not a regular file (a FIFO, device or socket)"
