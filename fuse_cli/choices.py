@@ -14,6 +14,7 @@ class Mode(str, Enum):
 
     SUM = "sum"
     PRODUCT = "product"
+    SOUP = "soup"
 
 
 class InputsMode(str, Enum):

@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fuse_cli.compatibility import input_specs, last_activations, output_kind, output_specs
-from fuse_cli.ensemble import build
 from fuse_cli.export import export_model
 from fuse_cli.formats import LoadedModel, load_model, load_models, save_model
-from fuse_cli.formula import check_formula
 from fuse_cli.planning import (
     MergeOptions,
     MergePlan,
@@ -169,8 +167,8 @@ def execute(
     parts = dict(parts or {})
     began = time.perf_counter()
     members = member_reports(plan)  # before the build renames the members in place
-    say("building the ensemble")
-    merged = build(plan)
+    say("building the ensemble" if plan.method.combines_outputs else "averaging the variables")
+    merged, built = plan.method.build(plan, say)
     parts["build"] = time.perf_counter() - began
     began = time.perf_counter()
     errors: list[float] = []
@@ -180,15 +178,12 @@ def execute(
         say(f"verifying {out}")
         model = load_model(written, unsafe=options.unsafe).model
         reloaded.append(model)
-        errors.append(check_formula(
-            model, plan.models, plan.weights, options.mode,
-            renormalize=options.renormalize, shared_inputs=plan.combination.plan.shared,
-            transforms=plan.combination.transforms, what=str(out),
-        ))
+        errors.append(plan.method.check_written(model, merged, plan, str(out)))
 
     say(f"writing {out}")
+    record = {**plan.provenance.to_record(), **built}
     size = save_model(merged, out, check=verify if options.verify else None,
-                      replace=options.force, provenance=plan.provenance.to_record())
+                      replace=options.force, provenance=record)
     report = MergeReport(
         output=str(out),
         mode=options.mode.value,
@@ -203,6 +198,7 @@ def execute(
         warnings=list(plan.warnings),
         sharing=plan.provenance.sharing,
         loads_without_fuse=not refers_to_fuse(merged),
+        built=built,
     )
     parts["write and verify" if options.verify else "write"] = time.perf_counter() - began
     began = time.perf_counter()

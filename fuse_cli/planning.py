@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import keras
 
     from fuse_cli.formats import LoadedModel
+    from fuse_cli.images import ImageOptions
     from fuse_cli.sharing import SharingPlan
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -71,6 +72,11 @@ class MergeOptions:
     exports: Sequence[ExportFormat] = ()
     # Keep the exporters' native log lines off stderr (off with --debug).
     quiet: bool = True
+    # Soup: the data BatchNormalization's statistics are estimated again on (None: they
+    # are averaged like every other variable), its image options and batch size.
+    recompute_bn: Path | None = None
+    images: ImageOptions | None = None
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         # Frozen all the way down: sequences become tuples.
@@ -152,6 +158,10 @@ def check_options(count: int, options: MergeOptions) -> tuple[list[float], list[
     """
     given, normalized = resolve_weights(count, options.weight, options.weights)
     options.method.check_options(options)
+    if options.recompute_bn is not None and options.method.combines_outputs:
+        raise UsageError("--recompute-bn applies to --mode soup only")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1; got {options.batch_size}")
     if not _NAME.match(options.name):
         raise UsageError(
             f"--name {options.name!r}: use letters, digits, '_', '.' or '-' (at most 128)"
@@ -224,6 +234,8 @@ def check_request(
         *(artifact_destination(f"--export {fmt.value}", fmt, path) for fmt, path in exports),
         *writes,
     )
+    if options.recompute_bn is not None:
+        reads = [*reads, options.recompute_bn]
     replaces = check_destinations(destinations, [*files, *reads], force=options.force)
     for path in files if member_paths else ():  # after the destinations
         check_model_path(path)
@@ -366,7 +378,8 @@ def make_plan(request: Request, loaded: Sequence[LoadedModel]) -> MergePlan:
         for m in loaded:
             check_batch_bound(m.model, str(m.path))
     shared = combination.plan.shared
-    sharing = find_sharing(models) if options.share and shared else None
+    combines = options.method.combines_outputs  # a soup is one model: nothing to share
+    sharing = find_sharing(models) if options.share and shared and combines else None
     provenance = Provenance(
         mode=options.mode.value,
         weights=request.weights,
@@ -377,9 +390,11 @@ def make_plan(request: Request, loaded: Sequence[LoadedModel]) -> MergePlan:
                       for m in loaded),
         allow_mixed_outputs=options.allow_mixed_outputs,
         to_probabilities=appended_record([m.path.name for m in loaded], combination.transforms),
-        sharing=sharing.record() if sharing else sharing_record([], enabled=options.share),
+        sharing=(sharing.record() if sharing else sharing_record([], enabled=options.share)
+                 if combines else None),
     )
-    warnings = _unsafe_warnings(loaded, labels) if options.unsafe else []
+    warnings = options.method.plan_warnings(options)
+    warnings += _unsafe_warnings(loaded, labels) if options.unsafe else []
     return MergePlan(request, tuple(loaded), tuple(labels), combination, sharing, provenance,
                      tuple(warnings))
 

@@ -149,11 +149,27 @@ def _print_written(report: MergeReport) -> None:
     else:
         console.print("loading:  needs `import fuse_cli.layers` before keras.saving.load_model "
                       "(or fuse export for SavedModel/LiteRT/ONNX)")
-    if report.verified and report.max_abs_error is not None:
+    soup = report.built.get("soup")
+    if soup:
+        console.print(f"soup:     one model: {soup['averaged']:,} variables averaged, "
+                      f"{soup['copied']:,} integer ones copied; {_batchnorm_text(soup)}")
+    if report.verified and report.max_abs_error is not None and soup:
+        console.print("verified: reloaded; every variable is the members' weighted average "
+                      f"and it predicts as built, max abs error {report.max_abs_error:.2e}")
+    elif report.verified and report.max_abs_error is not None:
         console.print(f"verified: reloaded and matches the formula, max abs error "
                       f"{report.max_abs_error:.2e}")
     else:
         console.print("verified: skipped (--no-verify)")
+
+
+def _batchnorm_text(soup: dict[str, Any]) -> str:
+    found = soup.get("batchnorm") or {}
+    if found.get("statistics") != "recomputed":
+        return "BatchNormalization statistics averaged"
+    layers = f"{found['layers']} layer{'' if found['layers'] == 1 else 's'}"
+    return (f"BatchNormalization statistics of {layers} recomputed on "
+            f"{literal(str(found['data']))} ({found['rows']:,} rows)")
 
 
 def sharing_lines(sharing: dict[str, Any] | None, labels: list[str]) -> list[str]:

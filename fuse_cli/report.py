@@ -63,6 +63,9 @@ class MergeReport:
     # Seconds spent in each part of the merge (load and check, build, write and verify,
     # export); `elapsed_seconds` is the whole command.
     parts: dict[str, float] = field(default_factory=dict)
+    # What the build adds to the record (a soup: the variables averaged and copied,
+    # and whether BatchNormalization's statistics were averaged or recomputed).
+    built: dict[str, Any] = field(default_factory=dict)
 
     @property
     def weights(self) -> list[float]:

@@ -57,7 +57,7 @@ def test_exit_1_internal_error_without_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("fuse_cli.merge.build", broken)
+    monkeypatch.setattr("fuse_cli.ensemble.build", broken)
     result = merge(runner, zoo["a.keras"], zoo["b.keras"], "-o", tmp_path / "x.keras")
     assert result.exit_code == 1
     assert "internal error: RuntimeError: boom" in result.stderr

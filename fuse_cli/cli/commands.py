@@ -34,6 +34,7 @@ from fuse_cli.cli.options import (
     NoVerifyOption,
     OffsetOption,
     OutputOption,
+    RecomputeBnOption,
     RenormalizeOption,
     RescaleOption,
     SeedOption,
@@ -45,6 +46,7 @@ from fuse_cli.cli.options import (
     merge_options,
     parse_scale,
 )
+from fuse_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from fuse_cli.images import ImageOptions
@@ -96,11 +98,21 @@ def merge(
                      "onnx → OUT.onnx."),
     ] = None,
     no_share: NoShareOption = False,
+    recompute_bn: RecomputeBnOption = False,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", show_default=False,
+                     help="Soup with --recompute-bn: the inputs to estimate the statistics "
+                     "on, an .npz file or a folder of images (labels unused).")
+    ] = None,
+    rescale: RescaleOption = None,
+    offset: OffsetOption = None,
+    batch_size: BatchSizeOption = None,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Merge MODELS into one weighted-sum or weighted-product model and verify it.
+    """Merge MODELS into one weighted-sum, weighted-product or soup model and verify it.
 
     Examples:
 
@@ -108,16 +120,25 @@ def merge(
 
       fuse merge a.keras b.keras c.keras --mode product -o ens.keras
 
+      fuse merge run1.keras run2.keras --mode soup -o soup.keras    # weights averaged
+
       fuse merge a.keras b.h5 -o ensemble.keras --dry-run     # check only, write nothing
     """
     with command("merge", debug=debug, json_output=json_output):
         from fuse_cli.planning import check_request
 
+        if (data is None) == recompute_bn:
+            raise UsageError("--recompute-bn needs --data" if recompute_bn else
+                             "--data is read by --recompute-bn only (fuse tune chooses "
+                             "weights from data)")
+        images = _image_options(parse_scale(rescale), offset, False, "bilinear", False,
+                                None, (None, None, None))
         options = merge_options(
             mode=mode, inputs=inputs, weight=weight, weights=weights, renormalize=renormalize,
             assume_nonnegative=assume_nonnegative, allow_mixed_outputs=allow_mixed_outputs,
             to_probabilities=to_probabilities, name=name, force=force, no_verify=no_verify,
             no_share=no_share, unsafe=unsafe, debug=debug, exports=export,
+            recompute_bn=data, images=images, batch_size=batch_size,
         )
         # Every check that needs no model, before TensorFlow is imported.
         request = check_request(models, output, options)

@@ -19,6 +19,7 @@ from fuse_cli.choices import ExportFormat, InputsMode, Mode
 from fuse_cli.errors import UsageError
 
 if TYPE_CHECKING:
+    from fuse_cli.images import ImageOptions
     from fuse_cli.planning import MergeOptions
 
 DebugOption = Annotated[
@@ -48,7 +49,14 @@ OutputOption = Annotated[
 ]
 ModeOption = Annotated[
     Mode, typer.Option("--mode", "-m", case_sensitive=False,
-                       help="sum: Σ w_i·y_i. product: Π y_i^w_i (weighted geometric mean).")
+                       help="sum: Σ w_i·y_i. product: Π y_i^w_i (weighted geometric mean). "
+                       "soup: one model whose variables are Σ w_i·θ_i (members fine-tuned "
+                       "from one starting point).")
+]
+RecomputeBnOption = Annotated[
+    bool, typer.Option("--recompute-bn",
+                       help="Soup: estimate BatchNormalization's moving statistics again "
+                       "on --data (one streamed pass, as SWA) instead of averaging them.")
 ]
 RenormalizeOption = Annotated[
     bool, typer.Option("--renormalize", help="Product mode: divide by the sum over the last axis.")
@@ -198,11 +206,15 @@ def merge_options(
     unsafe: bool,
     debug: bool,
     exports: list[ExportFormat] | None = None,
+    recompute_bn: Path | None = None,
+    images: ImageOptions | None = None,
+    batch_size: int | None = None,
 ) -> MergeOptions:
     """The merge option group as the library's `MergeOptions` (merge's and tune's)."""
     from fuse_cli.planning import MergeOptions
 
     return MergeOptions(
+        recompute_bn=recompute_bn, images=images, batch_size=batch_size,
         mode=mode, weight=weight, weights=parse_weights(weights), inputs=inputs,
         renormalize=renormalize, assume_nonnegative=assume_nonnegative,
         allow_mixed_outputs=allow_mixed_outputs, to_probabilities=to_probabilities,

@@ -9,10 +9,12 @@ from __future__ import annotations
 from fuse_cli.choices import Mode
 from fuse_cli.methods.base import MergeMethod, Transforms
 from fuse_cli.methods.product import WeightedProductMethod
+from fuse_cli.methods.soup import SoupMethod
 from fuse_cli.methods.sum import WeightedSumMethod
 
 METHODS: dict[str, MergeMethod] = {
-    method.name: method for method in (WeightedSumMethod(), WeightedProductMethod())
+    method.name: method
+    for method in (WeightedSumMethod(), WeightedProductMethod(), SoupMethod())
 }
 
 __all__ = ["METHODS", "MergeMethod", "Transforms", "method_for"]

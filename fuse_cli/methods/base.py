@@ -20,7 +20,8 @@ import numpy as np
 if TYPE_CHECKING:
     import keras
 
-    from fuse_cli.planning import MergeOptions
+    from fuse_cli.planning import MergeOptions, MergePlan
+    from fuse_cli.report import Progress
 
 Transforms = list[list[str | None]]
 
@@ -122,6 +123,37 @@ class MergeMethod(ABC):
                     record=provenance if isinstance(provenance, dict) else {},
                 ))
         return heads
+
+    # Whether the method combines the members' outputs (a graph of every member, which
+    # `fuse_cli.ensemble` wires) or their variables (one model of their architecture).
+    combines_outputs: bool = True
+
+    def build(self, plan: MergePlan, say: Progress) -> tuple[keras.Model, dict[str, Any]]:
+        """The merged model of a plan (the members become part of it), and what the
+        provenance records of the build beyond the plan's record."""
+        from fuse_cli.ensemble import build
+
+        return build(plan), {}
+
+    def check_written(
+        self, written: keras.Model, built: keras.Model, plan: MergePlan, what: str
+    ) -> float:
+        """Prove the model reloaded from OUT computes what the plan says (exit 6 if not).
+
+        Returns:
+            The largest absolute difference found.
+        """
+        from fuse_cli.formula import check_formula
+
+        return check_formula(
+            written, plan.models, plan.weights, plan.options.mode,
+            renormalize=plan.options.renormalize, shared_inputs=plan.combination.plan.shared,
+            transforms=plan.combination.transforms, what=what,
+        )
+
+    def plan_warnings(self, options: MergeOptions) -> list[str]:
+        """What the report must say about any merge of this kind."""
+        return []
 
     # --- the numpy reference -----------------------------------------------------------
 
