@@ -24,6 +24,7 @@ from fuse_cli.formats.screening import size_text
 from fuse_cli.provenance import TuningSummary, tuning_summary
 
 if TYPE_CHECKING:
+    from fuse_cli import soup_tuning
     from fuse_cli.evaluation import EvaluationReport
     from fuse_cli.export import ExportReport
     from fuse_cli.inspection import InspectReport, ModelInfo
@@ -93,8 +94,8 @@ def print_merge_report(report: MergeReport) -> None:
         if m.migrations:
             console.print(f"{literal(m.file)}: legacy file migrated by "
                           f"{literal(', '.join(m.migrations))}")
-    _print_written(report)
-    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s{_parts_text(report.parts)}")
+    print_written(report)
+    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s{parts_text(report.parts)}")
 
 
 def print_merge_plan(plan: PlanReport) -> None:
@@ -130,14 +131,14 @@ def print_merge_plan(plan: PlanReport) -> None:
     console.print("dry run:  every check passed; nothing was written")
 
 
-def _parts_text(parts: dict[str, float]) -> str:
+def parts_text(parts: dict[str, float]) -> str:
     """` (load and check 2.3 s, build 0.4 s, ...)`, or nothing."""
     if not parts:
         return ""
     return " (" + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in parts.items()) + ")"
 
 
-def _print_written(report: MergeReport) -> None:
+def print_written(report: MergeReport) -> None:
     """The formula, the file written and its verification: merge's and tune's last lines."""
     for line in sharing_lines(report.sharing, [m.file for m in report.members]):
         console.print(f"shared:   {literal(line)}")
@@ -382,8 +383,15 @@ _SEARCHES = {
 }
 
 
-def print_tune_report(report: TuneReport) -> None:
+def print_tune_report(report: TuneReport | soup_tuning.SoupTuneReport) -> None:
     """The human-readable tuning report on stdout."""
+    from fuse_cli.soup_tuning import SoupTuneReport
+
+    if isinstance(report, SoupTuneReport):
+        from fuse_cli.render_soup import print_soup_report
+
+        print_soup_report(report)
+        return
     fit, held = report.fit, report.heldout
     split = (f"{fit.rows} to fit the weights, {held.rows} held out (--holdout "
              f"{report.holdout:g}, seed {report.seed})" if held else
@@ -407,10 +415,10 @@ def print_tune_report(report: TuneReport) -> None:
     table.add_row("[bold]tuned ensemble[/]", "", *_score_cells([p.ensemble for p in parts]),
                   style="bold")
     console.print(table)
-    _print_written(report.merge)
+    print_written(report.merge)
     if report.plot:
         console.print(f"plot:     {literal(report.plot)}")
-    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s{_parts_text(report.merge.parts)}")
+    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s{parts_text(report.merge.parts)}")
 
 
 def _print_folds(report: TuneReport) -> None:

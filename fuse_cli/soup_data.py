@@ -8,6 +8,7 @@ same options), streamed in batches; its labels are not used. See
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,13 +19,15 @@ from fuse_cli.data import Dataset, check_inputs
 from fuse_cli.evaluation import BATCH_SIZE, IMAGE_BATCH_SIZE, Data, read_any
 from fuse_cli.formula import prediction_batch
 from fuse_cli.images import ImageFolder, ImageOptions, image_batches, image_inputs
-from fuse_cli.report import Progress
+from fuse_cli.report import Advance, Progress
 from fuse_cli.soup import recompute_batchnorm
 
 if TYPE_CHECKING:
     import keras
 
-    from fuse_cli.planning import MergeOptions
+    from fuse_cli.planning import MergeOptions, MergePlan
+    from fuse_cli.soup_tuning import SoupTuneReport
+    from fuse_cli.tuning import TuneOptions
 
 
 def recompute_on_data(
@@ -84,3 +87,85 @@ def _batches(model: keras.Model, data: Data, label: str, options: MergeOptions) 
 def _rows(batch: Any) -> int:
     first = batch[0] if isinstance(batch, list) else batch
     return int(first.shape[0])
+
+
+def tune_soup(
+    plan: MergePlan,
+    data: Data,
+    member_outputs: tuple[list[np.ndarray], np.ndarray, np.ndarray],
+    options: TuneOptions,
+    say: Progress,
+    advance: Advance | None,
+    start: float,
+    parts: dict[str, float],
+    preprocessing: dict[str, Any] | None,
+) -> SoupTuneReport:
+    """`fuse tune --mode soup` once the members have run: predict the soups it needs,
+    compare (`fuse_cli.soup_tuning`), and write the better soup if it beats the best
+    member (else exit 4, unless `options.even_if_worse`).
+
+    Raises:
+        IncompatibleModelsError: No soup beats the best member.
+    """
+    import time
+
+    from fuse_cli import soup
+    from fuse_cli.evaluation import model_outputs, restrict
+    from fuse_cli.merge import execute
+    from fuse_cli.methods.soup import NO_DATA_WARNING
+    from fuse_cli.soup_tuning import (
+        SoupTuneReport,
+        beats_best_member,
+        compare_soups,
+        raise_refusal,
+        tuning_of,
+    )
+
+    outputs, y, rows = member_outputs
+    merge, labels = plan.options, plan.labels
+    work = soup.rebuild(plan.models[0], "soup")
+    members = [soup.values(m) for m in plan.models]
+    floats = [soup.is_float(v) for v in soup.variables(work)]
+    cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def predict(ingredients: tuple[int, ...]) -> np.ndarray:
+        if ingredients not in cache:
+            weights = [1.0 / len(ingredients) if i in ingredients else 0.0
+                       for i in range(len(members))]
+            soup.assign(work, soup.soup_values(members, floats, weights))
+            if merge.recompute_bn is not None:
+                recompute_on_data(work, labels[0], merge, data=data, say=say)
+            name = f"soup of {len(ingredients)}"
+            say(f"predicting with the {name} ({', '.join(labels[i] for i in ingredients)})")
+            run = model_outputs(work, data, label=name, batch_size=options.batch_size,
+                                images=options.images, advance=advance)
+            cache[ingredients] = restrict(run, rows)[0]
+        return cache[ingredients]
+
+    clock = time.perf_counter()
+    entries, scored_on, scored, ingredients, chosen, notes = compare_soups(
+        outputs, y, predict, labels, metric=options.metric.value,
+        holdout=options.holdout, cv=options.cv)
+    parts["soups"] = time.perf_counter() - clock
+    report = SoupTuneReport(
+        data=data.name, rows=len(y), metric=options.metric.value, scored_on=scored_on,
+        scored_rows=scored, folds=options.cv if scored_on == "out of fold" else 0,
+        entries=entries, chosen=chosen, ingredients=[labels[i] for i in ingredients],
+        written=False, merge=None, elapsed_seconds=0.0, warnings=notes,
+        batchnorm="recomputed" if merge.recompute_bn is not None else "averaged",
+    )
+    if not beats_best_member(entries, chosen, options.metric.value):
+        if not options.even_if_worse:
+            raise_refusal(entries, options.metric.value, scored_on, scored)
+        report.warnings.append(f"soup: the {chosen} does not beat the best member; written "
+                               "as --even-if-worse asks")
+    record = tuning_of(entries, chosen, options.metric.value, scored_on, scored,
+                       {"file": data.name, "rows": len(y)}, options.holdout, options.cv)
+    weights = [1.0 if i in ingredients else 0.0 for i in range(len(members))]
+    chosen_plan = replace(plan, warnings=tuple(w for w in plan.warnings if w != NO_DATA_WARNING))
+    report.merge = execute(chosen_plan.with_weights(weights, record, preprocessing), progress=say,
+                           start=start, parts=parts)
+    report.written = True
+    report.warnings += report.merge.warnings
+    report.elapsed_seconds = time.perf_counter() - start
+    return report

@@ -67,7 +67,7 @@ from fuse_cli.search import (
 from fuse_cli.selection import PartScores, Search, choose_weights, search_warnings
 
 if TYPE_CHECKING:
-    pass
+    from fuse_cli.soup_tuning import SoupTuneReport
 
 HOLDOUT = 0.0
 CV_FOLDS = 5  # chosen by measurement: benchmarks/cv_default.py, README "Cross-validation"
@@ -89,6 +89,8 @@ class TuneOptions:
     plot: Path | None = None
     # Keep members the search gave weight 0 in the file (default: leave them out).
     keep_zero_weights: bool = False
+    # Soup: write the soup even if it does not beat the best member.
+    even_if_worse: bool = False
 
     @property
     def mode(self) -> Mode:
@@ -153,6 +155,12 @@ def check_tune_options(options: TuneOptions) -> list[Destination]:
     """
     if options.merge.weight is not None or options.merge.weights is not None:
         raise UsageError("fuse tune chooses the weights: give no --weight or --weights")
+    averages = not options.merge.method.combines_outputs
+    if averages and (options.predictions is not None or options.plot is not None):
+        raise UsageError("--mode soup runs every soup it compares on the data: give --data, "
+                         "not --predictions, and no --plot (it draws the weight search)")
+    if options.even_if_worse and not averages:
+        raise UsageError("--even-if-worse applies to --mode soup only")
     if not 0 <= options.holdout < 1:
         raise UsageError(f"--holdout must be at least 0 and below 1; got {options.holdout}")
     if options.cv == 1 or options.cv < 0:
@@ -196,7 +204,7 @@ def tune_files(
     options: TuneOptions | None = None,
     progress: Progress | None = None,
     advance: Advance | None = None,
-) -> TuneReport:
+) -> TuneReport | SoupTuneReport:
     """Find the weights from data, then merge, write and verify `out`.
 
     Planned once as a merge is (`fuse_cli.planning`): the request (options and every
@@ -259,8 +267,9 @@ def tune(
     progress: Progress | None = None,
     advance: Advance | None = None,
     start: float | None = None,
-) -> TuneReport:
-    """Read the rows, load the members, plan, search the weights, execute the plan.
+) -> TuneReport | SoupTuneReport:
+    """Read the rows, load the members, plan, search the weights, execute the plan
+    (`--mode soup`: compare the soups, `fuse_cli.soup_data.tune_soup`).
 
     Raises:
         FuseError: A subclass carrying the exit code (DESIGN §5).
@@ -281,8 +290,14 @@ def tune(
         outputs, y = _saved_outputs(plan, saved, options)
     else:
         assert data is not None
-        outputs, y = _member_outputs(plan, data, options, say, advance)
+        outputs, y, rows = _member_outputs(plan, data, options, say, advance)
     parts["predict"] = time.perf_counter() - clock
+    if not plan.method.combines_outputs:  # a soup: measured against the members
+        from fuse_cli.soup_data import tune_soup
+
+        assert data is not None
+        return tune_soup(plan, data, (outputs, y, rows), options, say, advance, start, parts,
+                         preprocessing_record(data, plan, options))
     clock = time.perf_counter()
     search = choose_weights(outputs, y, method=options.merge.method,
                             renormalize=options.merge.renormalize, metric=options.metric.value,
@@ -301,7 +316,7 @@ def tune(
     tuning = _provenance(_describe_source(saved, data, len(y)), search, options)
     chosen = plan if len(kept) == len(plan.members) else plan.keep(kept)
     merged = execute(chosen.with_weights([search.weights[i] for i in kept], tuning,
-                                         _preprocessing(data, plan, options)),
+                                         preprocessing_record(data, plan, options)),
                      progress=progress, start=start, parts=parts)
     report = TuneReport(
         data=str(source),
@@ -338,7 +353,7 @@ def _kept(weights: Sequence[float], options: TuneOptions) -> list[int]:
     return nonzero
 
 
-def _preprocessing(
+def preprocessing_record(
     data: Data | None, plan: MergePlan, options: TuneOptions
 ) -> dict[str, Any] | None:
     """What was done to a folder's images before each member saw them (None for arrays):
@@ -402,8 +417,9 @@ def _member_outputs(
     options: TuneOptions,
     say: Progress,
     advance: Advance | None,
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Check every member against the data, then run each once; outputs and labels."""
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Check every member against the data, then run each once; outputs, labels, and
+    the rows they cover."""
     models, labels, combination = plan.models, plan.labels, plan.combination
     heads = combination.heads
     for model, label in zip(models, labels, strict=True):
@@ -426,7 +442,7 @@ def _member_outputs(
         runs.append(run)
     rows = common_rows(runs)
     kept = [restrict(run, rows) for run in runs]
-    return [output for output, _ in kept], kept[0][1]
+    return [output for output, _ in kept], kept[0][1], rows
 
 
 def _check_scorable(output: np.ndarray, label: str, name: str, options: TuneOptions) -> None:

@@ -419,6 +419,12 @@ def tune_command(
                            help="Keep members the search gave weight 0 in OUTPUT (by default "
                            "they are left out: they cost a forward pass and add nothing).")
     ] = False,
+    recompute_bn: RecomputeBnOption = False,
+    even_if_worse: Annotated[
+        bool, typer.Option("--even-if-worse",
+                           help="Soup: write the soup even if it does not beat the best "
+                           "member (by default that is exit 4, nothing written).")
+    ] = False,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -427,7 +433,9 @@ def tune_command(
 
     Each model runs once over the data (or not at all, with --predictions); the weights
     are searched (an exact grid for two models, Caruana's greedy selection for more) by
-    K-fold cross-validation, each fold scored by weights that never saw it.
+    K-fold cross-validation, each fold scored by weights that never saw it. With
+    --mode soup: each member, the output ensemble, the uniform and the greedy soup
+    scored on the same rows; the better soup is written only if it beats the best member.
 
     Examples:
 
@@ -436,25 +444,29 @@ def tune_command(
       fuse tune a.keras b.keras --data photos/ --rescale 1/127.5 --offset -1 -o ens.keras
 
       fuse tune a.keras b.keras --predictions p.npz -o ensemble.keras
+
+      fuse tune run1.keras run2.keras run3.keras --mode soup --data val.npz -o soup.keras
     """
     with command("tune", debug=debug, json_output=json_output):
-        scale = parse_scale(rescale)
+        images = _image_options(parse_scale(rescale), offset, skip_bad_images, interpolation,
+                                crop_to_aspect_ratio, class_names,
+                                (validation_split, subset, seed))
+        if recompute_bn and data is None:
+            raise UsageError("--recompute-bn needs --data")
         merge = merge_options(
             mode=mode, renormalize=renormalize, assume_nonnegative=assume_nonnegative,
             allow_mixed_outputs=allow_mixed_outputs, to_probabilities=to_probabilities,
             name=name, force=force, no_verify=no_verify, no_share=no_share, unsafe=unsafe,
-            debug=debug,
+            debug=debug, recompute_bn=data if recompute_bn else None, images=images,
+            batch_size=batch_size,
         )
         from fuse_cli.tuning import TuneOptions, check_tune, tune
 
         options = TuneOptions(merge=merge, metric=metric, holdout=holdout, cv=cv,
-                              batch_size=batch_size,
-                              images=_image_options(scale, offset, skip_bad_images,
-                                                    interpolation, crop_to_aspect_ratio,
-                                                    class_names,
-                                                    (validation_split, subset, seed)),
+                              batch_size=batch_size, images=images,
                               predictions=predictions, plot=plot,
-                              keep_zero_weights=keep_zero_weights)
+                              keep_zero_weights=keep_zero_weights,
+                              even_if_worse=even_if_worse)
         request = check_tune(models, data, output, options)  # before TensorFlow
         import_keras_quietly(debug)
         _quiet_retracing(debug)

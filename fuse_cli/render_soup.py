@@ -1,0 +1,44 @@
+"""The `fuse tune --mode soup` report on a terminal (the rest is in `fuse_cli.render`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+from fuse_cli.render import console, literal, parts_text, print_written
+
+if TYPE_CHECKING:
+    from fuse_cli.soup_tuning import SoupTuneReport
+
+_HOW = {
+    "out of fold": "out of fold: each fold's choices (best member, greedy soup, ensemble "
+                   "weights) made without it",
+    "held out": "on the held-out rows, which no choice saw",
+    "in-sample": "in-sample: chosen and scored on the same rows",
+}
+
+
+def print_soup_report(report: SoupTuneReport) -> None:
+    """Members, best member, output ensemble and soups side by side; what was written."""
+    folds = f", {report.folds} folds" if report.folds else ""
+    console.print(f"data:     {literal(report.data)}, {report.rows} rows; scored on "
+                  f"{report.scored_rows} rows {_HOW[report.scored_on]}{folds}")
+    console.print(f"metric:   {report.metric}; BatchNormalization statistics "
+                  f"{report.batchnorm} in every soup")
+    table = Table(title_justify="left")
+    for column in ("model", "cost", "accuracy", "log-loss"):
+        table.add_column(column, justify="left" if column == "model" else "right",
+                         overflow="fold")
+    for entry in report.entries:
+        name = literal(entry.name)
+        style = "bold" if entry.kind == report.chosen else None
+        log_loss = "n/a" if entry.log_loss is None else f"{entry.log_loss:.4f}"
+        passes = f"{entry.forward_passes} model{'s' if entry.forward_passes != 1 else ''}"
+        table.add_row(name, passes, f"{entry.accuracy:.4f}", log_loss, style=style)
+    console.print(table)
+    console.print(f"chosen:   {report.chosen} of {literal(', '.join(report.ingredients))}")
+    if report.merge is not None:
+        print_written(report.merge)
+    parts = report.merge.parts if report.merge is not None else {}
+    console.print(f"elapsed:  {report.elapsed_seconds:.1f} s{parts_text(parts)}")
