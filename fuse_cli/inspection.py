@@ -35,6 +35,7 @@ from fuse_cli.provenance import (
     recorded_members,
     recorded_preprocessing,
     recorded_sharing,
+    recorded_soup,
     text_or_none,
 )
 from fuse_cli.report import Progress, file_labels
@@ -73,6 +74,8 @@ class EnsembleInfo:
     sharing: dict[str, Any] | None = None
     # What was done to images before the members saw them, as recorded by `fuse tune`.
     preprocessing: dict[str, Any] | None = None
+    # A soup: what its build recorded (variables averaged, BatchNormalization statistics).
+    soup: dict[str, Any] | None = None
 
 
 @dataclass
@@ -103,6 +106,9 @@ class Compatibility:
     reason: str | None
     product: bool
     product_reason: str | None
+    # `--mode soup`: one architecture with equal integer variables.
+    soup: bool = False
+    soup_reason: str | None = None
 
     @property
     def mixed_outputs(self) -> str | None:
@@ -208,6 +214,8 @@ def check_compatibility(models: Sequence[keras.Model], labels: Sequence[str]) ->
         reason=refused["sum"],
         product=refused["product"] is None,
         product_reason=refused["product"],
+        soup=refused["soup"] is None,
+        soup_reason=refused["soup"],
     )
 
 
@@ -272,7 +280,7 @@ def read_ensemble(model: keras.Model, beside: dict[str, Any] | None = None) -> E
     """
     heads = combining_heads(model)
     if not heads:
-        return None
+        return read_soup(model, beside)
     first = heads[0]
     raw = recorded(heads, beside)
     members = embedded_members(model)
@@ -304,4 +312,40 @@ def read_ensemble(model: keras.Model, beside: dict[str, Any] | None = None) -> E
         tuning=tuning if isinstance(tuning, dict) else None,
         sharing=recorded_sharing(raw.get("sharing")),
         preprocessing=recorded_preprocessing(raw.get("preprocessing")),
+    )
+
+
+def soup_record(beside: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The record of a file whose method averages variables (a soup), else None."""
+    if not isinstance(beside, dict):
+        return None
+    mode = beside.get("mode")
+    method = METHODS.get(mode) if isinstance(mode, str) else None
+    return beside if method is not None and not method.combines_outputs else None
+
+
+def read_soup(model: keras.Model, beside: dict[str, Any] | None) -> EnsembleInfo | None:
+    """What a soup records about itself (it has no combining layer), or None."""
+    raw = soup_record(beside)
+    if raw is None:
+        return None
+    entries = raw.get("members")
+    members = recorded_members(raw, len(entries) if isinstance(entries, list) else 0)
+    built = raw.get("soup")
+    tuning = raw.get("tuning")
+    return EnsembleInfo(
+        mode=str(raw["mode"]),
+        weights=numbers_or_none(raw.get("weights")) or [],
+        renormalize=False,
+        inputs="shared",
+        heads=len(model.outputs),
+        weights_given=numbers_or_none(raw.get("weights_given")),
+        tool=text_or_none(raw.get("tool")),
+        members=[{"index": i, "layer": "(averaged)", "file": m.file, "name": m.name,
+                  "sha256": m.sha256, "migrations": list(m.migrations),
+                  "last_activations": last_activations(model), "to_probabilities": []}
+                 for i, m in enumerate(members)],
+        tuning=tuning if isinstance(tuning, dict) else None,
+        preprocessing=recorded_preprocessing(raw.get("preprocessing")),
+        soup=recorded_soup(built) or {},
     )

@@ -202,6 +202,24 @@ def recorded_members(raw: dict[str, Any], count: int) -> list[MemberRecord]:
     return found
 
 
+def recorded_soup(record: Any) -> dict[str, Any] | None:
+    """A soup's build record (`{"averaged", "copied", "batchnorm": {...}}`), each field
+    type-checked; None if it is not a dict."""
+    if not isinstance(record, dict):
+        return None
+    found: dict[str, Any] = {k: record[k] for k in ("averaged", "copied")
+                             if _is_int(record.get(k))}
+    batchnorm = record.get("batchnorm")
+    if isinstance(batchnorm, dict):
+        found["batchnorm"] = {
+            **{k: batchnorm[k] for k in ("layers", "rows", "batches")
+               if _is_int(batchnorm.get(k))},
+            **{k: batchnorm[k] for k in ("statistics", "data", "sha256")
+               if isinstance(batchnorm.get(k), str)},
+        }
+    return found
+
+
 _SEGMENT_FIELDS: dict[str, tuple[type, ...]] = {
     "name": (str,),
     "members": (list,),

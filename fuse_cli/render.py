@@ -168,9 +168,10 @@ def _batchnorm_text(soup: dict[str, Any]) -> str:
     found = soup.get("batchnorm") or {}
     if found.get("statistics") != "recomputed":
         return "BatchNormalization statistics averaged"
-    layers = f"{found['layers']} layer{'' if found['layers'] == 1 else 's'}"
+    count = found.get("layers", "?")
+    layers = f"{count} layer{'' if count == 1 else 's'}"
     return (f"BatchNormalization statistics of {layers} recomputed on "
-            f"{literal(str(found['data']))} ({found['rows']:,} rows)")
+            f"{literal(str(found.get('data', '?')))} ({found.get('rows', '?')} rows)")
 
 
 def sharing_lines(sharing: dict[str, Any] | None, labels: list[str]) -> list[str]:
@@ -227,6 +228,11 @@ def print_inspect_report(report: InspectReport) -> None:
         console.print("           --mode product too: every output is >= 0")
     else:
         console.print(f"           not --mode product: {literal(str(c.product_reason))}")
+    if c.soup:
+        console.print("           --mode soup too: one architecture (averaging is only for "
+                      "members fine-tuned from one start: measure with fuse tune)")
+    else:
+        console.print(f"           not --mode soup: {literal(str(c.soup_reason))}")
 
 
 def _tensor_text(t: Any) -> str:
@@ -248,7 +254,7 @@ def _print_model_info(info: ModelInfo) -> None:
     console.print(f"  inputs:     {'; '.join(_tensor_text(t) for t in info.inputs)}")
     console.print(f"  outputs:    {'; '.join(_tensor_text(t) for t in info.outputs)}")
     activations = ", ".join(a or "unknown" for a in info.last_activations)
-    if info.ensemble is not None:
+    if info.ensemble is not None and info.ensemble.soup is None:
         members = "; ".join(_member_activations(m) for m in info.ensemble.members)
         activations = f"weighted {info.ensemble.mode} of the members' {members}"
     console.print(f"  activation: {literal(activations)}")
@@ -270,6 +276,9 @@ def _print_model_info(info: ModelInfo) -> None:
         source = literal(str(m["file"])) if m["file"] else "(not recorded)"
         digest = literal(m["sha256"]) if m["sha256"] else "(no SHA-256 recorded)"
         console.print(f"    member {m['index']}: {source} → {literal(m['layer'])}, sha256 {digest}")
+    if e.soup is not None:
+        console.print(f"  soup:       one model, its variables the members' weighted average; "
+                      f"{_batchnorm_text(e.soup)}")
     labels = [f"member {m['index']}" for m in e.members]
     for line in sharing_lines(e.sharing, labels):
         console.print(f"  shared:     {literal(line)}")
@@ -302,6 +311,15 @@ def _tuning_text(tuning: TuningSummary) -> str:
 
 def print_verify_report(report: VerifyReport) -> None:
     """The human-readable verify report on stdout."""
+    if report.soup is not None:
+        skipped = (" (BatchNormalization statistics recomputed from data: not re-checked)"
+                   if report.soup else "")
+        console.print(f"verified: every variable of {literal(report.file)} is the weighted "
+                      f"average of its {len(report.members)} members', bit for bit{skipped}")
+        for m in report.members:
+            console.print(f"member {m.index}: {literal(str(m.given))} has the recorded "
+                          "SHA-256")
+        return
     console.print(f"verified: {literal(report.file)} computes its {report.mode} formula on its "
                   f"{len(report.members)} embedded members, max abs error "
                   f"{report.formula_max_abs_error:.2e}")

@@ -155,14 +155,7 @@ def compare_soups(
         fit = Ensembler([as_rows(o[rows]) for o in outputs], y[rows], ENSEMBLE)
         return best, soup, search_weights(fit, metric).weights  # type: ignore[arg-type]
 
-    if holdout > 0:
-        splits, scored_on = [_Rows(fit_rows, held_rows)], "held out"
-    elif cv:
-        folds = stratified_folds(y[fit_rows], cv)
-        splits = [_Rows(np.setdiff1d(fit_rows, fit_rows[f]), fit_rows[f]) for f in folds]
-        scored_on = "out of fold"
-    else:
-        splits, scored_on = [_Rows(fit_rows, fit_rows)], "in-sample"
+    splits, scored_on = _splits(y, fit_rows, held_rows, cv)
     scored = np.sort(np.concatenate([s.test for s in splits]))
     best_out = np.zeros_like(outputs[0], dtype=np.float64)
     soup_out = np.zeros_like(best_out)
@@ -199,6 +192,18 @@ def compare_soups(
         notes.append("soup: --cv 0 and no --holdout: the best member and the greedy soup "
                      "are chosen and scored on the same rows (in-sample, optimistic)")
     return entries, scored_on, len(scored), ingredients, chosen, notes
+
+
+def _splits(y: np.ndarray, fit_rows: np.ndarray, held_rows: np.ndarray,
+            cv: int) -> tuple[list[_Rows], str]:
+    """Where choices are made and scored: held-out rows, K folds, or in-sample."""
+    if len(held_rows):
+        return [_Rows(fit_rows, held_rows)], "held out"
+    if cv:
+        folds = stratified_folds(y[fit_rows], cv)
+        return ([_Rows(np.setdiff1d(fit_rows, fit_rows[f]), fit_rows[f]) for f in folds],
+                "out of fold")
+    return [_Rows(fit_rows, fit_rows)], "in-sample"
 
 
 def _as_scores(entry: Entry) -> Scores:

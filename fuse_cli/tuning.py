@@ -292,10 +292,9 @@ def tune(
         assert data is not None
         outputs, y, rows = _member_outputs(plan, data, options, say, advance)
     parts["predict"] = time.perf_counter() - clock
-    if not plan.method.combines_outputs:  # a soup: measured against the members
+    if not plan.method.combines_outputs and data is not None:  # a soup: measured
         from fuse_cli.soup_data import tune_soup
 
-        assert data is not None
         return tune_soup(plan, data, (outputs, y, rows), options, say, advance, start, parts,
                          preprocessing_record(data, plan, options))
     clock = time.perf_counter()

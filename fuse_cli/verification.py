@@ -26,7 +26,9 @@ from fuse_cli.inspection import (
     combining_heads,
     embedded_members,
     read_ensemble,
+    read_soup,
     recorded,
+    soup_record,
 )
 from fuse_cli.methods.base import Head
 from fuse_cli.report import Progress
@@ -62,6 +64,9 @@ class VerifyReport:
     # Shared segments found in the graph (and matching the provenance): each one's
     # name and the members it feeds. Those members are checked through them.
     shared: list[dict[str, Any]] = field(default_factory=list)
+    # A soup: None for an ensemble; else whether its BatchNormalization statistics were
+    # recomputed from data (and so not re-checked).
+    soup: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of every field."""
@@ -103,6 +108,9 @@ def verify_file(
     loaded = load_model(merged, unsafe=unsafe)
     model = loaded.model
     heads = combining_heads(model)
+    raw_soup = soup_record(loaded.provenance)
+    if not heads and raw_soup is not None:
+        return _verify_soup(merged, model, raw_soup, files, unsafe, say, start)
     if not heads:
         raise UsageError(
             f"{merged}: not a merged model (no fuse combining layer); "
@@ -239,3 +247,57 @@ def _check_member_files(
 
 def _specs_text(model: keras.Model) -> str:
     return ", ".join(f"{spec} {spec.dtype}" for spec in input_specs(model))
+
+
+def _verify_soup(
+    path: Path,
+    model: keras.Model,
+    raw: dict[str, Any],
+    files: Sequence[Path],
+    unsafe: bool,
+    say: Progress,
+    start: float,
+) -> VerifyReport:
+    """A soup holds no members: it is checked against the member files it records —
+    their SHA-256s, one architecture with it, and every variable their weighted average
+    (bit for bit; BatchNormalization statistics a build recomputed from data excepted)."""
+    from fuse_cli import soup
+
+    info = read_soup(model, raw)
+    assert info is not None
+    count = len(info.members)
+    if not files:
+        raise UsageError(f"{path} is a soup of {count} members: give their files "
+                         "(fuse verify SOUP MEMBER...) to check its variables against them")
+    if len(files) != count or len(info.weights) != count:
+        raise UsageError(f"{path} is a soup of {count} members; got {len(files)} member "
+                         f"file{'' if len(files) == 1 else 's'}")
+    checks = [MemberCheck(i, "(averaged)", m["file"], m["sha256"])
+              for i, m in enumerate(info.members)]
+    members = []
+    for i, (file, check) in enumerate(zip(files, checks, strict=True)):
+        say(f"loading {file}")
+        loaded = load_model(file, unsafe=unsafe)
+        check.given = str(file)
+        if loaded.sha256 != check.recorded_sha256:
+            raise VerificationError(
+                f"{file}: SHA-256 {loaded.sha256[:12]}… is not the one {path} records for "
+                f"member {i} ({check.recorded_file})"
+            )
+        members.append(loaded.model)
+    soup.check_architecture([model, *members], [str(path), *map(str, files)])
+    floats = [soup.is_float(v) for v in soup.variables(model)]
+    expected = soup.soup_values([soup.values(m) for m in members], floats, info.weights)
+    written = soup.values(model)
+    batchnorm = (info.soup or {}).get("batchnorm") or {}
+    recomputed = batchnorm.get("statistics") == "recomputed"
+    if recomputed:  # from data fuse verify does not have
+        skipped = {id(v) for layer in soup.batchnorm_layers(model)
+                   for v in (layer.moving_mean, layer.moving_variance)}
+        expected = [w if id(v) in skipped else e for v, w, e
+                    in zip(soup.variables(model), written, expected, strict=True)]
+    say(f"checking the variables of {path}")
+    soup.check_values(written, expected, [v.path for v in soup.variables(model)], str(path))
+    return VerifyReport(file=str(path), mode=info.mode, formula_max_abs_error=0.0,
+                        provenance_recorded=True, members=checks,
+                        elapsed_seconds=time.perf_counter() - start, soup=recomputed)
