@@ -92,12 +92,13 @@ def check_architecture(models: Sequence[keras.Model], labels: Sequence[str]) -> 
                 f"{len(first_layers) - 1}; --mode soup averages the variables of members "
                 "fine-tuned from one starting point"
             )
-        for k, (layer, other) in enumerate(zip(layers, first_layers, strict=True)):
+        for layer, other in zip(layers, first_layers, strict=True):
             difference = _layer_difference(layer, other, layers, first_layers)
             if difference:
+                theirs = f" ({labels[0]}: {other.name!r})" if other.name != layer.name else ""
                 raise IncompatibleModelsError(
-                    f"{where}: layer {k} {layer.name!r} ({type(layer).__name__}) differs "
-                    f"from {other.name!r}: {difference}"
+                    f"{where}: layer {layer.name!r} ({type(layer).__name__}){theirs} "
+                    f"differs: {difference}"
                 )
         if _canonical(model.get_config(), layers) != first_config:
             raise IncompatibleModelsError(

@@ -54,6 +54,8 @@ def kinds(zoo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dic
         "separate_inputs.keras": [a, str(zoo["wide7.keras"])],
         "shared_backbone.keras": [a, a, b],
         "product.keras": [a, b, "--mode", "product"],
+        "soup.keras": [a, b, "--mode", "soup"],
+        "soup.h5": [a, b, "--mode", "soup", "-w", "0.3"],
     }
     paths = {}
     for name, args in specs.items():
