@@ -108,9 +108,8 @@ def verify_file(
     loaded = load_model(merged, unsafe=unsafe)
     model = loaded.model
     heads = combining_heads(model)
-    raw_soup = soup_record(loaded.provenance)
-    if not heads and raw_soup is not None:
-        return _verify_soup(merged, model, raw_soup, files, unsafe, say, start)
+    if not heads and soup_record(loaded.provenance) is not None:
+        return _verify_soup(merged, model, loaded.provenance, files, unsafe, say, start)
     if not heads:
         raise UsageError(
             f"{merged}: not a merged model (no fuse combining layer); "
@@ -252,7 +251,7 @@ def _specs_text(model: keras.Model) -> str:
 def _verify_soup(
     path: Path,
     model: keras.Model,
-    raw: dict[str, Any],
+    raw: dict[str, Any] | None,
     files: Sequence[Path],
     unsafe: bool,
     say: Progress,
