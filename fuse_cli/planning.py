@@ -79,6 +79,9 @@ class MergeOptions:
     batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        # Names given as text (`mode="soup"`) become the enums.
+        object.__setattr__(self, "mode", Mode(self.mode))
+        object.__setattr__(self, "inputs", InputsMode(self.inputs))
         # Frozen all the way down: sequences become tuples.
         if self.weights is not None:
             object.__setattr__(self, "weights", tuple(self.weights))

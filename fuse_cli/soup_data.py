@@ -57,7 +57,7 @@ def recompute_on_data(
     data = data if data is not None else read_any(path, options.images)
     say = say or (lambda _message: None)
     say(f"re-estimating BatchNormalization statistics on {data.name}")
-    found = recompute_batchnorm(model, _batches(model, data, label, options), _rows)
+    found = recompute_batchnorm(model, input_batches(model, data, label, options), _rows)
     record: dict[str, Any] = {"data": data.name + ("/" if isinstance(data, ImageFolder) else ""),
                               **found}
     if isinstance(data, Dataset):
@@ -67,7 +67,10 @@ def recompute_on_data(
     return record
 
 
-def _batches(model: keras.Model, data: Data, label: str, options: MergeOptions) -> Iterator[Any]:
+def input_batches(
+    model: keras.Model, data: Data, label: str, options: MergeOptions
+) -> Iterator[Any]:
+    """The data's inputs in batches, as the model takes them (labels unused)."""
     specs = input_specs(model)
     if isinstance(data, ImageFolder):
         sizes = image_inputs(specs, label)

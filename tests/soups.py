@@ -37,7 +37,8 @@ def cnn(seed: int, batchnorm: bool = True, width: int = 8) -> Any:
     keras.utils.set_random_seed(seed)
     layers: list[Any] = [keras.Input(SHAPE), keras.layers.Conv2D(width, 3, padding="same")]
     if batchnorm:
-        layers.append(keras.layers.BatchNormalization())
+        # momentum 0.9: the moving statistics settle within a short run's few hundred steps
+        layers.append(keras.layers.BatchNormalization(momentum=0.9))
     layers += [
         keras.layers.Activation("relu"),
         keras.layers.Conv2D(width, 3, padding="same", activation="relu"),
