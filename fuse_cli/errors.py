@@ -41,6 +41,13 @@ class VerificationError(FuseError):
     exit_code = 6
 
 
+class OutOfDateError(FuseError):
+    """`fuse build --check`: OUT is not what the recipe builds now (or `--locked`: the
+    lock is not the recipe's)."""
+
+    exit_code = 7
+
+
 class DataError(UsageError):
     """A `--data` file is readable but does not hold what fuse expects (exit 2)."""
 

@@ -20,7 +20,8 @@ import secrets
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -423,3 +424,11 @@ def size_of(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@contextmanager
+def scratch_folder() -> Iterator[Path]:
+    """A private temporary folder, removed with everything in it on exit (`fuse build
+    --check` builds there to compare with what is in place)."""
+    with tempfile.TemporaryDirectory(prefix="fuse-") as name:
+        yield Path(name)

@@ -196,6 +196,8 @@ class Request:
     destinations: tuple[Destination, ...]
     replaces: tuple[bool, ...]
     exports: tuple[tuple[ExportFormat, Path], ...] = ()
+    # `fuse build`: the recipe the request came from, as the provenance records it.
+    recipe: dict[str, Any] | None = None
 
 
 def check_request(
@@ -396,6 +398,8 @@ def make_plan(request: Request, loaded: Sequence[LoadedModel]) -> MergePlan:
         sharing=(sharing.record() if sharing else sharing_record([], enabled=options.share)
                  if combines else None),
     )
+    if request.recipe is not None:
+        provenance = replace(provenance, build=request.recipe)
     warnings = options.method.plan_warnings(options)
     warnings += _unsafe_warnings(loaded, labels) if options.unsafe else []
     return MergePlan(request, tuple(loaded), tuple(labels), combination, sharing, provenance,

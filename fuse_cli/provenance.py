@@ -79,6 +79,8 @@ class Provenance:
     sharing: dict[str, Any] | None = None
     tuning: dict[str, Any] | None = None
     preprocessing: dict[str, Any] | None = None
+    # `fuse build`: the recipe (file name, SHA-256) and the versions that built the file.
+    build: dict[str, Any] | None = None
     version: int = VERSION
 
     def to_record(self) -> dict[str, Any]:
@@ -101,6 +103,8 @@ class Provenance:
             record["tuning"] = self.tuning
         if self.preprocessing is not None:
             record["preprocessing"] = self.preprocessing
+        if self.build is not None:
+            record["build"] = self.build
         return record
 
     def with_tuning(self, tuning: dict[str, Any]) -> Provenance:

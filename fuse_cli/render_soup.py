@@ -1,4 +1,5 @@
-"""The `fuse tune --mode soup` report on a terminal (the rest is in `fuse_cli.render`)."""
+"""The `fuse tune --mode soup` and `fuse build` reports on a terminal (the rest is in
+`fuse_cli.render`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from rich.table import Table
 from fuse_cli.render import console, literal, parts_text, print_written
 
 if TYPE_CHECKING:
+    from fuse_cli.building import BuildReport
     from fuse_cli.soup_tuning import SoupTuneReport
 
 _HOW = {
@@ -42,3 +44,16 @@ def print_soup_report(report: SoupTuneReport) -> None:
         print_written(report.merge)
     parts = report.merge.parts if report.merge is not None else {}
     console.print(f"elapsed:  {report.elapsed_seconds:.1f} s{parts_text(parts)}")
+
+
+def print_build_report(report: BuildReport) -> None:
+    """What `fuse build` built or checked (after the merge's or tune's own report)."""
+    console.print(f"recipe:   {literal(report.recipe)} (sha256 {report.recipe_sha256[:12]}…)")
+    for line in report.checked:
+        console.print(f"checked:  {literal(line)}")
+    if report.action == "up to date":
+        console.print(f"build:    {literal(report.output)} is up to date")
+    else:
+        console.print(f"build:    {literal(report.output)} built")
+    if report.lock:
+        console.print(f"lock:     {literal(report.lock)}")

@@ -4,7 +4,7 @@
 this package is the only one that imports typer.
 """
 
-from fuse_cli.cli import commands  # noqa: F401  (registers the commands on `app`)
+from fuse_cli.cli import build, commands  # noqa: F401  (registers the commands on `app`)
 from fuse_cli.cli.app import app, main
 
 __all__ = ["app", "main"]

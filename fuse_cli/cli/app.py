@@ -187,3 +187,13 @@ def main() -> None:
         # Skip the interpreter's last garbage collection over everything TensorFlow
         # allocated (1-2 s at exit); the process is ending, the OS frees it all.
         gc.freeze()
+
+
+def quiet_retracing(debug: bool) -> None:
+    """Silence TensorFlow's retracing notices (kept with --debug).
+
+    Each model's predict function traces once for full batches and once for the last,
+    shorter one; TensorFlow counts those traces across models and warns.
+    """
+    if not debug:
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)

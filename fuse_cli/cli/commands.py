@@ -7,7 +7,6 @@ JSON object).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,7 +14,7 @@ import typer
 
 from fuse_cli import render
 from fuse_cli.choices import ExportFormat, InputsMode, Metric, Mode
-from fuse_cli.cli.app import app, command, emit, import_keras_quietly
+from fuse_cli.cli.app import app, command, emit, import_keras_quietly, quiet_retracing
 from fuse_cli.cli.options import (
     AllowMixedOption,
     AssumeNonnegativeOption,
@@ -283,16 +282,6 @@ def _image_options(
                         seed=split[2])
 
 
-def _quiet_retracing(debug: bool) -> None:
-    """Silence TensorFlow's retracing notices (kept with --debug).
-
-    Each model's predict function traces once for full batches and once for the last,
-    shorter one; TensorFlow counts those traces across models and warns.
-    """
-    if not debug:
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)
-
-
 @app.command("evaluate", cls=FileNamesAreNotOptions)
 def evaluate_command(
     models: Annotated[
@@ -347,7 +336,7 @@ def evaluate_command(
         request = check_evaluate(models, data, batch_size=batch_size, unsafe=unsafe,
                                  images=images, save=save_predictions, force=force)
         import_keras_quietly(debug)
-        _quiet_retracing(debug)
+        quiet_retracing(debug)
         emit("evaluate", json_output,
              lambda say, advance: evaluate(request, progress=say, advance=advance),
              render.print_evaluation, bars=True)
@@ -469,7 +458,7 @@ def tune_command(
                               even_if_worse=even_if_worse)
         request = check_tune(models, data, output, options)  # before TensorFlow
         import_keras_quietly(debug)
-        _quiet_retracing(debug)
+        quiet_retracing(debug)
         emit("tune", json_output,
              lambda say, advance: tune(request, progress=say, advance=advance),
              render.print_tune_report, bars=True)

@@ -23,10 +23,10 @@ from fuse_cli.errors import ModelLoadError, UsageError
 from fuse_cli.formats._keras_private import cache_keras_skipsets, variable_budget
 from fuse_cli.formats.hdf5 import load_hdf5
 from fuse_cli.formats.keras_zip import load_keras_zip
+from fuse_cli.formats.reproducible import rewrite_keras_archive
 from fuse_cli.formats.screening import (
     HEAD_BYTES,
     PROVENANCE_ATTRIBUTE,
-    PROVENANCE_MEMBER,
     Format,
     allowance,
     check_model_path,
@@ -215,23 +215,22 @@ def save_model(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.save(tmp)
-        if provenance is not None:
-            _write_provenance(tmp, suffix, provenance)
+        if suffix == ".keras":  # the same model and record: the same bytes
+            rewrite_keras_archive(tmp, provenance)
+        elif provenance is not None:
+            _write_provenance(tmp, provenance)
 
     suffix = ".keras" if out.suffix.lower() == ".keras" else ".h5"
     return publish(out, write, check=check, suffix=suffix, replace=replace)
 
 
-def _write_provenance(tmp: Path, suffix: str, record: dict[str, Any]) -> None:
+def _write_provenance(tmp: Path, record: dict[str, Any]) -> None:
+    """An `.h5` file's record, as its root attribute `fuse_provenance`."""
     import json
-    import zipfile
+
+    import h5py
 
     text = json.dumps(record, sort_keys=True, allow_nan=False)
-    if suffix == ".keras":
-        with zipfile.ZipFile(tmp, "a") as zf:
-            zf.writestr(PROVENANCE_MEMBER, text)
-        return
-    import h5py
 
     with h5py.File(tmp, "a") as h5:
         h5.attrs[PROVENANCE_ATTRIBUTE] = text
