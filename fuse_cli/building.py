@@ -190,7 +190,24 @@ def requests(
         data = recipe.resolve(tune["data"]) if "data" in tune else None
         return None, check_tune(files, data, out, tune_options(recipe, merge))
     except UsageError as exc:
-        raise type(exc)(f"{recipe.path}: {exc}") from None
+        raise type(exc)(recipe_message(recipe, str(exc))) from None
+
+
+def recipe_message(recipe: Recipe, message: str) -> str:
+    """A command-line message said of the recipe: its first `--option` becomes the
+    recipe's key, with the line it is on (`ens.toml:4: weight must be ...`)."""
+    import re
+
+    from fuse_cli.recipe import TOP, TUNE
+
+    found = re.search(r"(?<![\w-])--([a-z][a-z-]*)", message)
+    if found:
+        key = found.group(1).replace("-", "_")
+        table = "tune" if key in TUNE and (recipe.tune or {}).get(key) is not None else ""
+        if key in TOP or key in TUNE:
+            text = message.replace(found.group(0), key, 1)
+            return f"{recipe.where(key, table).rsplit(': ', 1)[0]}: {text}"
+    return f"{recipe.path}: {message}"
 
 
 # --- build, check, lock -------------------------------------------------------------------

@@ -33,7 +33,7 @@ def ci_recipe() -> str:
 
 def test_the_readme_ci_recipe_runs(tmp_path: Path) -> None:
     recipe = ci_recipe()
-    for step in ("--dry-run --json", '--json > "$out/merge.json"', "fuse export", "status=$?"):
+    for step in ("fuse build \"$recipe\" --check --json", "--force --json", "status=$?"):
         assert step in recipe
     shutil.copytree(REPO / "sample_models", tmp_path / "sample_models")
     # As after the Quickstart, in a fresh shell: fuse is in ./.venv/bin and nowhere on PATH
@@ -43,22 +43,34 @@ def test_the_readme_ci_recipe_runs(tmp_path: Path) -> None:
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
                            if not (Path(p) / "fuse").exists())
     env = dict(os.environ, PATH=path, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(["bash", "-c", recipe], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+
+    def run() -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["bash", "-c", recipe], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        return proc
+
+    first = run()  # nothing built yet: the check says out of date (7), so it builds
     out = tmp_path / "build" / "ci"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".venv", "build", "sample_models"]
-
-    reports = {}
-    for name in ("plan", "merge", "export"):
-        reports[name] = json.loads((out / f"{name}.json").read_text())
-        JSON_VALIDATOR.validate(reports[name])
-    assert reports["plan"]["dry_run"] is True and reports["merge"]["dry_run"] is False
-    assert reports["merge"]["formula"] == "0.5 * cnn_a.keras + 0.5 * cnn_b.h5"
-    assert reports["merge"]["max_abs_error"] < 1e-5
-    assert reports["export"]["exports"][0]["verified"] is True
+    check = json.loads((out / "check.json").read_text())
+    JSON_VALIDATOR.validate(check)
+    assert check["exit_code"] == 7 and "does not exist" in check["error"]
+    build = json.loads((out / "build.json").read_text())
+    JSON_VALIDATOR.validate(build)
+    result = build["result"]
+    assert build["action"] == "built" and result["formula"] == "0.5 * cnn_a.keras + 0.5 * cnn_b.h5"
+    assert result["max_abs_error"] < 1e-5 and result["exports"][0]["verified"] is True
     assert (out / "ensemble_saved_model" / "saved_model.pb").is_file()
-    assert "0.5 * cnn_a.keras + 0.5 * cnn_b.h5 | verified:" in proc.stdout
+    assert "0.5 * cnn_a.keras + 0.5 * cnn_b.h5 | verified:" in first.stdout
+    built = (out / "ensemble.keras").read_bytes()
+
+    second = run()  # the same recipe and members: up to date, nothing rebuilt
+    assert "build/ci/ensemble.keras is up to date" in second.stdout
+    check = json.loads((out / "check.json").read_text())
+    JSON_VALIDATOR.validate(check)
+    assert check["action"] == "up to date"
+    assert (out / "ensemble.keras").read_bytes() == built
 
     # The merged file computes the formula on the held-out digits (checked here, not by fuse).
     x = np.load(tmp_path / "sample_models" / "digits_heldout.npz")["x"][:32]

@@ -4,7 +4,8 @@ Every object fuse prints with `--json` starts with `"schema": "fuse/1"` and
 `"command": "<name>"`. Within `fuse/1`, fields are only ever added, never renamed,
 removed or given another type; a change that breaks that is `fuse/2`. The schema
 files (`fuse-1.json`, with one definition per command, and one for errors) ship in the
-package: `schema_path()` says where.
+package: `schema_path()` says where. `recipe-1.json` describes `fuse build`'s recipe
+files (`recipe_schema_path()`).
 """
 
 from __future__ import annotations
@@ -29,3 +30,8 @@ def load_schema() -> dict[str, Any]:
         resources.files(__name__).joinpath(_FILE).read_text(encoding="utf-8")
     )
     return schema
+
+
+def recipe_schema_path() -> Path:
+    """The installed JSON Schema of `fuse build` recipes (the TOML, as parsed)."""
+    return Path(str(resources.files(__name__).joinpath("recipe-1.json")))
