@@ -38,3 +38,10 @@ class Metric(str, Enum):
 
     ACCURACY = "accuracy"
     LOG_LOSS = "log_loss"
+
+
+class Calibrate(str, Enum):
+    """What `fuse tune --calibrate` fits after the weights."""
+
+    NONE = "none"
+    TEMPERATURE = "temperature"

@@ -31,7 +31,8 @@ def member_names(models: Sequence[keras.Model]) -> list[str]:
 
 def build(plan: MergePlan) -> keras.Model:
     """The merged model of a plan. Its members are renamed `member_<i>_<name>` in place."""
-    return _wire(plan.models, plan.weights, plan.options, plan.combination, plan.sharing)
+    return _wire(plan.models, plan.weights, plan.options, plan.combination, plan.sharing,
+                 plan.calibration)
 
 
 def build_ensemble(
@@ -101,8 +102,10 @@ def _wire(
     options: MergeOptions,
     combination: Combination,
     sharing: SharingPlan | None,
+    calibration: Sequence[float] = (),
 ) -> keras.Model:
-    """One functional model: inputs → members (through shared segments) → combining layers."""
+    """One functional model: inputs → members (through shared segments) → combining layers
+    (→ the calibration `fuse tune --calibrate` fitted)."""
     import keras
 
     if len({id(m) for m in models}) != len(models):
@@ -130,6 +133,9 @@ def _wire(
                                   options, "combine" if heads == 1 else f"combine_{head}")
         for head in range(heads)
     ]
+    if calibration:
+        outputs = [calibrate(t, temperature, "" if heads == 1 else f"_{h}")
+                   for h, (t, temperature) in enumerate(zip(outputs, calibration, strict=True))]
     flat_inputs = [t for group in model_inputs for t in group]
     return keras.Model(
         inputs=flat_inputs if len(flat_inputs) > 1 else flat_inputs[0],
@@ -168,3 +174,20 @@ def _make_inputs(plan: InputPlan) -> list[list[Any]]:
             group.append(keras.Input(shape=spec.shape, dtype=spec.dtype, name=input_name))
         groups.append(group)
     return groups
+
+
+def calibrate(tensor: Any, temperature: float, suffix: str) -> Any:
+    """Temperature scaling of a probability head in Keras's own operations (no fuse
+    layer, no code): `softmax(log(p) / T)`, or `sigmoid(logit(p) / T)` for one unit."""
+    import keras
+
+    if tensor.shape[-1] == 1:
+        logits = keras.ops.subtract(keras.ops.log(tensor),
+                                    keras.ops.log(keras.ops.subtract(1.0, tensor)))
+    else:
+        logits = keras.ops.log(tensor)
+    scaled = keras.layers.Rescaling(1.0 / temperature, name=f"calibrate_temperature{suffix}")(
+        logits)
+    if tensor.shape[-1] == 1:
+        return keras.layers.Activation("sigmoid", name=f"calibrated{suffix}")(scaled)
+    return keras.layers.Softmax(name=f"calibrated{suffix}")(scaled)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fuse_cli.calibration import scores as calibration_scores
 from fuse_cli.compatibility import input_specs, output_specs, shape_text
 from fuse_cli.data import Dataset, check_inputs, class_labels, read_data
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError, first_line
@@ -55,6 +56,10 @@ class ModelEvaluation:
     output_shape: str
     accuracy: float
     log_loss: float | None
+    # Calibration (`fuse_cli.calibration`): Brier score and 15-bin ECE; None where the
+    # outputs are not probabilities.
+    brier: float | None = None
+    ece: float | None = None
 
 
 @dataclass
@@ -68,6 +73,7 @@ class EvaluationReport:
     warnings: list[str] = field(default_factory=list)
     skipped: int = 0
     predictions: str | None = None
+    plot: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of every field."""
@@ -267,6 +273,7 @@ class EvaluateRequest:
     images: ImageOptions | None
     save: Path | None
     force: bool
+    plot: Path | None = None
 
 
 def check_evaluate(
@@ -278,6 +285,7 @@ def check_evaluate(
     images: ImageOptions | None = None,
     save: Path | None = None,
     force: bool = False,
+    plot: Path | None = None,
 ) -> EvaluateRequest:
     """Every check `fuse evaluate` makes before a model loads (no Keras needed): options,
     the `--save-predictions` destination, the model paths, and the data, read.
@@ -289,14 +297,18 @@ def check_evaluate(
     if not files:
         raise UsageError("give at least one model to evaluate")
     check_batch_size(batch_size)
-    if save is not None:
-        check_destinations([Destination("--save-predictions", save)],
-                           [*files, Path(data_path)], force=force)
+    writes = [Destination("--save-predictions", save)] if save is not None else []
+    if plot is not None:
+        from fuse_cli.plotting import check_plot
+
+        writes.append(check_plot(plot))
+    if writes:
+        check_destinations(writes, [*files, Path(data_path)], force=force)
     data = read_any(data_path, images)
     for path in files:
         check_model_path(path)
     return EvaluateRequest(tuple(files), Path(data_path), data, batch_size, unsafe, images,
-                           save, force)
+                           save, force, plot)
 
 
 def evaluate_files(
@@ -371,6 +383,13 @@ def evaluate(
             sha256=digests,
             classes=data.classes if isinstance(data, ImageFolder) else None,
             data=request.data_path.name), save, replace=request.force)
+    if request.plot is not None:
+        from fuse_cli.plotting import plot_reliability
+
+        say(f"plotting {request.plot}")
+        plot_reliability([(label, output) for label, output, m
+                          in zip(file_labels(files), outputs, models, strict=True)
+                          if m.ece is not None], labels, request.plot, replace=request.force)
     return EvaluationReport(
         data=str(data.path),
         rows=len(rows),
@@ -379,6 +398,7 @@ def evaluate(
         warnings=notes,
         skipped=len(data.bad) if isinstance(data, ImageFolder) else 0,
         predictions=str(save) if save is not None else None,
+        plot=str(request.plot) if request.plot is not None else None,
     )
 
 
@@ -398,8 +418,11 @@ def _scores(
         if not are_probabilities(output):
             notes.append(f"{label}: outputs are not probabilities (values below 0 or above "
                          "1 for one column): no log-loss")
+        calibration = (calibration_scores(output, y) if scores.log_loss is not None
+                       else {"brier": None, "ece": None})
         models.append(ModelEvaluation(label, name, shape_text(output.shape[1:]),
-                                      scores.accuracy, scores.log_loss))
+                                      scores.accuracy, scores.log_loss,
+                                      calibration["brier"], calibration["ece"]))
     return models, outputs, y, notes
 
 

@@ -351,6 +351,7 @@ def check_formula(
     shared_inputs: bool,
     transforms: Sequence[Sequence[str | None]] | None = None,
     what: str = "merged model",
+    calibration: Sequence[float] = (),
 ) -> float:
     """Run a fixed-seed batch through `merged` and `members` and compare with the formula.
 
@@ -376,5 +377,9 @@ def check_formula(
             batch.extend(arrays)
     outputs = [run(m, x) for m, x in zip(members, per_member, strict=True)]
     expected = reference(outputs, coefficients, mode, renormalize, transforms)
+    if calibration:  # `fuse tune --calibrate`: a temperature per head, after the formula
+        from fuse_cli.calibration import apply_temperature
+
+        expected = [apply_temperature(e, t) for e, t in zip(expected, calibration, strict=True)]
     return compare(run(merged, batch), expected, what)
 

@@ -269,6 +269,9 @@ class MergePlan:
     sharing: SharingPlan | None
     provenance: Provenance
     warnings: tuple[str, ...] = field(default=())
+    # `fuse tune --calibrate temperature`: one temperature per output head, applied after
+    # the combination (`fuse_cli.calibration`); empty: none.
+    calibration: tuple[float, ...] = ()
 
     @property
     def options(self) -> MergeOptions:
@@ -299,16 +302,23 @@ class MergePlan:
         """The formula in words, with what `--to-probabilities` appends."""
         labels = [_wrapped(label, added) for label, added
                   in zip(self.labels, self.combination.transforms, strict=True)]
-        return self.method.formula_text(labels, self.weights, self.options.renormalize)
+        text = self.method.formula_text(labels, self.weights, self.options.renormalize)
+        if not self.calibration:
+            return text
+        temperature = self.calibration[0]
+        if self.combination.heads[0].shape[-1:] == (1,):
+            return f"sigmoid(logit({text}) / {temperature:.6g})"
+        return f"softmax(log({text}) / {temperature:.6g})"
 
     def with_weights(
         self,
         weights: Sequence[float],
         tuning: dict[str, Any],
         preprocessing: dict[str, Any] | None = None,
+        calibration: Sequence[float] = (),
     ) -> MergePlan:
-        """The same plan with the weights `fuse tune` chose, how it chose them, and the
-        preprocessing of the data it chose them on.
+        """The same plan with the weights `fuse tune` chose, how it chose them, the
+        preprocessing of the data it chose them on, and any temperatures it fitted.
 
         Raises:
             UsageError: Weights that are all zero or do not add up.
@@ -319,7 +329,8 @@ class MergePlan:
                           options=replace(self.options, weight=None, weights=given))
         provenance = replace(self.provenance, weights_given=given, weights=normalized,
                              tuning=tuning, preprocessing=preprocessing)
-        return replace(self, request=request, provenance=provenance)
+        return replace(self, request=request, provenance=provenance,
+                       calibration=tuple(float(t) for t in calibration))
 
     def keep(self, kept: Sequence[int]) -> MergePlan:
         """The same plan with only the members `kept` (indices, in order; at least two).

@@ -1,15 +1,85 @@
-"""`fuse tune --plot`: the score along the weight search, drawn with matplotlib (the
-`plot` extra), written through `files.publish` like every other file."""
+"""`fuse tune --plot` (the score along the weight search) and `fuse evaluate --plot`
+(reliability diagrams), drawn with matplotlib (the `plot` extra), written through
+`files.publish` like every other file."""
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fuse_cli.files import publish
+import numpy as np
+
+from fuse_cli.errors import UsageError
+from fuse_cli.files import Destination, publish
 
 if TYPE_CHECKING:
     from fuse_cli.tuning import TuneReport
+
+SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_plot(path: Path, option: str = "--plot") -> Destination:
+    """A plot file's destination, once its type and matplotlib are known to be there.
+
+    Raises:
+        UsageError: Another file type, or no matplotlib.
+    """
+    if path.suffix.lower() not in SUFFIXES:
+        raise UsageError(f"{option} {path}: must end in {', '.join(SUFFIXES)}; got "
+                         f"{path.suffix or 'no extension'!r}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError(f"{option} needs matplotlib: pip install 'fuse-cli[plot]'")
+    return Destination(option, path)
+
+
+def reliability_curve(p: np.ndarray, y: np.ndarray, bins: int = 15) -> tuple[list[float], ...]:
+    """Per non-empty equal-width bin of the top probability: its mean confidence, its
+    accuracy and its rows (what the expected calibration error adds up)."""
+    from fuse_cli.calibration import as_classes
+
+    q = as_classes(p)
+    confidence, correct = q.max(axis=1), q.argmax(axis=1) == y.reshape(-1)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    found: tuple[list[float], ...] = ([], [], [])
+    for b in range(bins):
+        rows = which == b
+        if rows.any():
+            found[0].append(float(confidence[rows].mean()))
+            found[1].append(float(correct[rows].mean()))
+            found[2].append(float(rows.sum()))
+    return found
+
+
+def plot_reliability(
+    curves: Sequence[tuple[str, np.ndarray]], y: np.ndarray, path: Path, *,
+    replace: bool = True, title: str = "reliability (15 equal-width bins)",
+) -> None:
+    """One reliability diagram: accuracy against confidence per bin, one line per model,
+    the diagonal for a calibrated model; ECE in each label."""
+    from matplotlib.figure import Figure  # optional: the plot extra
+
+    figure = Figure(figsize=(5.0, 5.0), layout="constrained")
+    _reliability(figure.subplots(), curves, y, title)
+    publish(path, lambda tmp: figure.savefig(tmp), label=f"--plot {path}", replace=replace)
+
+
+def _reliability(axes: Any, curves: Sequence[tuple[str, np.ndarray]], y: np.ndarray,
+                 title: str) -> None:
+    from fuse_cli.calibration import ece
+
+    axes.plot([0, 1], [0, 1], ":", color="gray", label="calibrated")
+    for label, p in curves:
+        confidence, accuracy, _ = reliability_curve(p, y)
+        axes.plot(confidence, accuracy, "o-", markersize=3,
+                  label=f"{label} (ECE {ece(p, y):.4f})")
+    axes.set_xlabel("confidence (top probability)")
+    axes.set_ylabel("accuracy")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_title(title)
+    axes.legend(loc="upper left", fontsize="small")
 
 
 def plot_search(report: TuneReport, chosen: int, path: Path, *, replace: bool = True) -> None:
@@ -27,8 +97,9 @@ def plot_search(report: TuneReport, chosen: int, path: Path, *, replace: bool = 
     points = report.path
     two = len(report.files) == 2
     xs = [p["weights"][0] for p in points] if two else list(range(1, len(points) + 1))
-    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
-    axes = figure.subplots()
+    calibration = report.calibration
+    figure = Figure(figsize=(11.0 if calibration else 6.4, 4.0), layout="constrained")
+    axes = figure.subplots(1, 2)[0] if calibration else figure.subplots()
     for part, style in (("fit", "-"), ("heldout", "--")):
         ys = [p[part][metric] if p[part] else None for p in points]
         if any(v is not None for v in ys):
@@ -43,4 +114,9 @@ def plot_search(report: TuneReport, chosen: int, path: Path, *, replace: bool = 
     axes.set_ylabel(metric.replace("_", "-"))
     axes.set_title(f"fuse tune: {report.merge.mode}, {len(report.files)} members")
     axes.legend()
+    if calibration is not None and calibration.curves is not None:
+        pooled, calibrated, labels = calibration.curves
+        _reliability(figure.axes[1], [("before", pooled),
+                                      (f"after, T = {calibration.temperature:.3g}", calibrated)],
+                     labels, f"ensemble, {calibration.scored_on} ({calibration.rows} rows)")
     publish(path, lambda tmp: figure.savefig(tmp), label=f"--plot {path}", replace=replace)

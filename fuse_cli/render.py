@@ -382,17 +382,19 @@ def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
 def print_evaluation(report: EvaluationReport) -> None:
     """The human-readable evaluation table on stdout."""
     table = Table(title=f"{report.data}: {report.rows} rows", title_justify="left")
-    for column in ("model", "output shape", "accuracy", "log-loss"):
+    for column in ("model", "output shape", "accuracy", "log-loss", "Brier", "ECE"):
         table.add_column(column, justify="left" if column in ("model", "output shape")
                          else "right", overflow="fold")
     for m in report.models:
         table.add_row(literal(m.file), m.output_shape, f"{m.accuracy:.4f}",
-                      "n/a" if m.log_loss is None else f"{m.log_loss:.4f}")
+                      *("n/a" if v is None else f"{v:.4f}" for v in (m.log_loss, m.brier, m.ece)))
     console.print(table)
     if report.skipped:
         console.print(f"skipped:  {report.skipped} images that cannot be decoded")
     if report.predictions:
         console.print(f"saved:    {literal(report.predictions)} (predictions, labels, SHA-256s)")
+    if report.plot:
+        console.print(f"plot:     {literal(report.plot)} (reliability diagram)")
 
 
 _SEARCHES = {
@@ -433,6 +435,10 @@ def print_tune_report(report: TuneReport | soup_tuning.SoupTuneReport) -> None:
     table.add_row("[bold]tuned ensemble[/]", "", *_score_cells([p.ensemble for p in parts]),
                   style="bold")
     console.print(table)
+    if report.calibration is not None:
+        from fuse_cli.render_soup import print_calibration
+
+        print_calibration(report.calibration)
     print_written(report.merge)
     if report.plot:
         console.print(f"plot:     {literal(report.plot)}")

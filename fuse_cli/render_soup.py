@@ -1,5 +1,5 @@
-"""The `fuse tune --mode soup` and `fuse build` reports on a terminal (the rest is in
-`fuse_cli.render`)."""
+"""The `fuse tune --mode soup`, `--calibrate` and `fuse build` reports on a terminal (the
+rest is in `fuse_cli.render`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fuse_cli.render import console, literal, parts_text, print_written
 
 if TYPE_CHECKING:
     from fuse_cli.building import BuildReport
+    from fuse_cli.calibration import Calibration
     from fuse_cli.soup_tuning import SoupTuneReport
 
 _HOW = {
@@ -57,3 +58,20 @@ def print_build_report(report: BuildReport) -> None:
         console.print(f"build:    {literal(report.output)} built")
     if report.lock:
         console.print(f"lock:     {literal(report.lock)}")
+
+
+def print_calibration(c: Calibration) -> None:
+    """The temperature, and the ensemble's scores before and after it."""
+    console.print(f"calibrate: temperature T = {c.temperature:.4g}, fitted on {c.rows} rows "
+                  f"{c.scored_on}; softmax(log(p) / T) is built into the file")
+    table = Table(title_justify="left")
+    table.add_column("ensemble", overflow="fold")
+    for column in ("accuracy", "log-loss", "Brier", "ECE"):
+        table.add_column(column, justify="right")
+    rows = [(f"before ({c.scored_on})", c.before), (f"after ({c.scored_on})", c.after)]
+    if c.held_before is not None and c.held_after is not None:
+        rows += [("before (held out)", c.held_before), ("after (held out)", c.held_after)]
+    for name, s in rows:
+        table.add_row(name, f"{s['accuracy']:.4f}", f"{s['log_loss']:.4f}",
+                      f"{s['brier']:.4f}", f"{s['ece']:.4f}")
+    console.print(table)

@@ -11,7 +11,6 @@ with the tuning recorded in the file's provenance.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fuse_cli.choices import Metric, Mode
+from fuse_cli.calibration import Calibration, calibrate_search
+from fuse_cli.choices import Calibrate, Metric, Mode
 from fuse_cli.compatibility import input_specs
 from fuse_cli.data import SPLIT_SEED, Dataset
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 
 HOLDOUT = 0.0
 CV_FOLDS = 5  # chosen by measurement: benchmarks/cv_default.py, README "Cross-validation"
-PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 @dataclass(frozen=True)
@@ -91,6 +90,8 @@ class TuneOptions:
     keep_zero_weights: bool = False
     # Soup: write the soup even if it does not beat the best member.
     even_if_worse: bool = False
+    # Fit a temperature on the ensemble's out-of-fold probabilities and bake it in.
+    calibrate: Calibrate = Calibrate.NONE
 
     @property
     def mode(self) -> Mode:
@@ -119,6 +120,7 @@ class TuneReport:
     warnings: list[str] = field(default_factory=list)
     cv: CrossValidation | None = None
     source: str = "data"
+    calibration: Calibration | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of every field."""
@@ -140,6 +142,7 @@ class TuneReport:
             "plot": self.plot,
             "elapsed_seconds": self.elapsed_seconds,
             "warnings": self.warnings,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
         }
 
 
@@ -161,22 +164,18 @@ def check_tune_options(options: TuneOptions) -> list[Destination]:
                          "not --predictions, and no --plot (it draws the weight search)")
     if options.even_if_worse and not averages:
         raise UsageError("--even-if-worse applies to --mode soup only")
+    if options.calibrate is not Calibrate.NONE and averages:
+        raise UsageError("--calibrate applies to output ensembles (--mode sum or product)")
     if not 0 <= options.holdout < 1:
         raise UsageError(f"--holdout must be at least 0 and below 1; got {options.holdout}")
     if options.cv == 1 or options.cv < 0:
         raise UsageError(f"--cv must be 0 (one search) or at least 2 folds; got {options.cv}")
     check_batch_size(options.batch_size)
-    plot = options.plot
-    if plot is None:
+    if options.plot is None:
         return []
-    if plot.suffix.lower() not in PLOT_SUFFIXES:
-        raise UsageError(
-            f"--plot {plot}: must end in {', '.join(PLOT_SUFFIXES)}; got "
-            f"{plot.suffix or 'no extension'!r}"
-        )
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib: pip install 'fuse-cli[plot]'")
-    return [Destination("--plot", plot)]
+    from fuse_cli.plotting import check_plot
+
+    return [check_plot(options.plot)]
 
 
 def check_source(data_path: Path | None, options: TuneOptions) -> Path:
@@ -301,6 +300,12 @@ def tune(
     search = choose_weights(outputs, y, method=options.merge.method,
                             renormalize=options.merge.renormalize, metric=options.metric.value,
                             holdout=options.holdout, cv=options.cv, say=say)
+    calibration = None
+    if options.calibrate is not Calibrate.NONE:
+        say("fitting the temperature on the out-of-fold probabilities")
+        calibration = calibrate_search(outputs, y, search, plan.labels, options.merge.method,
+                                       renormalize=options.merge.renormalize,
+                                       holdout=options.holdout, cv=options.cv)
     parts["search"] = time.perf_counter() - clock
     kept = _kept(search.weights, options)
     notes = ([] if data is None else data_notes(data)) + search_warnings(
@@ -313,9 +318,12 @@ def tune(
               "cost and add nothing; --keep-zero-weights keeps it)"
               for i in range(len(plan.members)) if i not in kept]
     tuning = _provenance(_describe_source(saved, data, len(y)), search, options)
+    if calibration is not None:
+        tuning["calibration"] = calibration.to_dict()
     chosen = plan if len(kept) == len(plan.members) else plan.keep(kept)
     merged = execute(chosen.with_weights([search.weights[i] for i in kept], tuning,
-                                         preprocessing_record(data, plan, options)),
+                                         preprocessing_record(data, plan, options),
+                                         (calibration.temperature,) if calibration else ()),
                      progress=progress, start=start, parts=parts)
     report = TuneReport(
         data=str(source),
@@ -335,6 +343,7 @@ def tune(
         warnings=notes + merged.warnings,
         cv=search.cv,
         source=_source_kind(saved, data),
+        calibration=calibration,
     )
     if options.plot is not None:
         say(f"plotting {options.plot}")

@@ -138,6 +138,7 @@ def verify_file(
         shared_inputs=info.inputs == "shared",
         transforms=transforms,
         what=str(merged),
+        calibration=recorded_temperatures(raw),
     )
     checks = [
         MemberCheck(i, m["layer"], m["file"], m["sha256"]) for i, m in enumerate(info.members)
@@ -300,3 +301,14 @@ def _verify_soup(
     return VerifyReport(file=str(path), mode=info.mode, formula_max_abs_error=0.0,
                         provenance_recorded=True, members=checks,
                         elapsed_seconds=time.perf_counter() - start, soup=recomputed)
+
+
+def recorded_temperatures(raw: dict[str, Any]) -> tuple[float, ...]:
+    """The temperatures `fuse tune --calibrate` recorded (and built in), if any."""
+    tuning = raw.get("tuning")
+    found = tuning.get("calibration") if isinstance(tuning, dict) else None
+    values = found.get("temperatures") if isinstance(found, dict) else None
+    if not isinstance(values, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values):
+        return ()
+    return tuple(float(v) for v in values)

@@ -219,3 +219,23 @@ def test_an_image_folder_tune_recipe_and_a_soup_recipe_build_and_check(
 def load_record(path: Path) -> dict[str, Any]:
     with zipfile.ZipFile(path) as zf:
         return json.loads(zf.read("fuse.json"))  # type: ignore[no-any-return]
+
+
+def test_the_shipped_recipe_matches_its_schema_and_h5_builds_are_reproducible(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    import jsonschema
+
+    from fuse_cli.recipe import tomllib
+    from fuse_cli.schemas import recipe_schema_path
+
+    schema = json.loads(recipe_schema_path().read_text())
+    shipped = Path(__file__).resolve().parent.parent / "sample_models" / "ensemble.toml"
+    jsonschema.Draft202012Validator(schema).validate(tomllib.loads(shipped.read_text()))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate({"output": "o.keras", "members": [],
+                                                          "mdoe": "sum"})
+    outs = [tmp_path / "one.h5", tmp_path / "two.h5"]
+    for out in outs:
+        assert invoke("merge", zoo["a.keras"], zoo["b.keras"], "-o", out).exit_code == 0
+    assert outs[0].read_bytes() == outs[1].read_bytes()

@@ -4,7 +4,12 @@
 this package is the only one that imports typer.
 """
 
-from fuse_cli.cli import build, commands  # noqa: F401  (registers the commands on `app`)
+from importlib import import_module
+
 from fuse_cli.cli.app import app, main
+
+# Importing a module registers its commands on `app`, in the order `fuse --help` lists.
+for _module in ("commands", "build"):
+    import_module(f"fuse_cli.cli.{_module}")
 
 __all__ = ["app", "main"]

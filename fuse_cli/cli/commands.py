@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fuse_cli import render
-from fuse_cli.choices import ExportFormat, InputsMode, Metric, Mode
+from fuse_cli.choices import Calibrate, ExportFormat, InputsMode, Metric, Mode
 from fuse_cli.cli.app import app, command, emit, import_keras_quietly, quiet_retracing
 from fuse_cli.cli.options import (
     AllowMixedOption,
@@ -305,14 +305,22 @@ def evaluate_command(
     subset: SubsetOption = None,
     seed: SeedOption = None,
     batch_size: BatchSizeOption = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", metavar="FILE.png", show_default=False,
+                     help="Draw a reliability diagram (accuracy against confidence, 15 bins; "
+                     "one line per model with probability outputs). Needs pip install "
+                     "'fuse-cli\\[plot]'."),
+    ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Replace the --save-predictions file if it exists.")
+        bool, typer.Option("--force", help="Replace the --save-predictions file (and the "
+                           "plot) if it exists.")
     ] = False,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Score each model on labelled data: accuracy and log-loss.
+    """Score each model on labelled data: accuracy, log-loss, Brier score and ECE.
 
     Log-loss divides each output row by its sum and clips the label's probability to
     [1e-7, 1 - 1e-7], as Keras's cross-entropy does; it is n/a for outputs that are not
@@ -334,7 +342,8 @@ def evaluate_command(
                                 (validation_split, subset, seed))
         # Every check that needs no model (the data read too), before TensorFlow.
         request = check_evaluate(models, data, batch_size=batch_size, unsafe=unsafe,
-                                 images=images, save=save_predictions, force=force)
+                                 images=images, save=save_predictions, force=force,
+                                 plot=plot)
         import_keras_quietly(debug)
         quiet_retracing(debug)
         emit("evaluate", json_output,
@@ -409,6 +418,13 @@ def tune_command(
                            "they are left out: they cost a forward pass and add nothing).")
     ] = False,
     recompute_bn: RecomputeBnOption = False,
+    calibrate: Annotated[
+        Calibrate, typer.Option("--calibrate", case_sensitive=False,
+                                help="temperature: after the weights, fit one temperature T "
+                                "on the ensemble's out-of-fold probabilities (log-loss) and "
+                                "build softmax(log(p)/T) into OUTPUT; reports ECE and Brier "
+                                "before and after.")
+    ] = Calibrate.NONE,
     even_if_worse: Annotated[
         bool, typer.Option("--even-if-worse",
                            help="Soup: write the soup even if it does not beat the best "
@@ -455,7 +471,7 @@ def tune_command(
                               batch_size=batch_size, images=images,
                               predictions=predictions, plot=plot,
                               keep_zero_weights=keep_zero_weights,
-                              even_if_worse=even_if_worse)
+                              even_if_worse=even_if_worse, calibrate=calibrate)
         request = check_tune(models, data, output, options)  # before TensorFlow
         import_keras_quietly(debug)
         quiet_retracing(debug)

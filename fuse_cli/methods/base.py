@@ -148,7 +148,7 @@ class MergeMethod(ABC):
         return check_formula(
             written, plan.models, plan.weights, plan.options.mode,
             renormalize=plan.options.renormalize, shared_inputs=plan.combination.plan.shared,
-            transforms=plan.combination.transforms, what=what,
+            transforms=plan.combination.transforms, what=what, calibration=plan.calibration,
         )
 
     def plan_warnings(self, options: MergeOptions) -> list[str]:
