@@ -68,7 +68,8 @@ def print_calibration(c: Calibration) -> None:
     table.add_column("ensemble", overflow="fold")
     for column in ("accuracy", "log-loss", "Brier", "ECE"):
         table.add_column(column, justify="right")
-    rows = [(f"before ({c.scored_on})", c.before), (f"after ({c.scored_on})", c.after)]
+    rows = [(f"before ({c.scored_on})", c.before),
+            (f"after ({c.scored_on}; T fitted on these rows)", c.after)]
     if c.held_before is not None and c.held_after is not None:
         rows += [("before (held out)", c.held_before), ("after (held out)", c.held_after)]
     for name, s in rows:
