@@ -21,8 +21,7 @@ import numpy as np
 
 from fuse_cli.calibration import Calibration, calibrate_search
 from fuse_cli.choices import Calibrate, Metric, Mode
-from fuse_cli.compatibility import input_specs
-from fuse_cli.data import SPLIT_SEED, Dataset
+from fuse_cli.data import SPLIT_SEED
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
     Advance,
@@ -37,13 +36,11 @@ from fuse_cli.evaluation import (
     restrict,
 )
 from fuse_cli.files import Destination
-from fuse_cli.formats import load_models, sha256_of
+from fuse_cli.formats import load_models
 from fuse_cli.formula import apply_activation
 from fuse_cli.images import (
-    CHANNELS,
     ImageFolder,
     ImageOptions,
-    image_input,
     own_scaling,
     scale_warning,
 )
@@ -58,13 +55,18 @@ from fuse_cli.planning import (
 )
 from fuse_cli.plotting import plot_search
 from fuse_cli.predictions import Predictions, check_provenance, read_predictions
-from fuse_cli.provenance import tuning_record
 from fuse_cli.report import MergeReport, Progress
 from fuse_cli.search import (
     CrossValidation,
     are_probabilities,
 )
 from fuse_cli.selection import PartScores, Search, choose_weights, search_warnings
+from fuse_cli.tuning_records import (
+    describe_source,
+    preprocessing_record,
+    source_kind,
+    tuning_of_search,
+)
 
 if TYPE_CHECKING:
     from fuse_cli.soup_tuning import SoupTuneReport
@@ -300,24 +302,11 @@ def tune(
     search = choose_weights(outputs, y, method=options.merge.method,
                             renormalize=options.merge.renormalize, metric=options.metric.value,
                             holdout=options.holdout, cv=options.cv, say=say)
-    calibration = None
-    if options.calibrate is not Calibrate.NONE:
-        say("fitting the temperature on the out-of-fold probabilities")
-        calibration = calibrate_search(outputs, y, search, plan.labels, options.merge.method,
-                                       renormalize=options.merge.renormalize,
-                                       holdout=options.holdout, cv=options.cv)
+    calibration = _calibrate(outputs, y, search, plan, options, say)
     parts["search"] = time.perf_counter() - clock
     kept = _kept(search.weights, options)
-    notes = ([] if data is None else data_notes(data)) + search_warnings(
-        list(plan.labels), search, options.metric.value, kept)
-    if isinstance(data, ImageFolder):
-        warning = scale_warning(plan.labels, [own_scaling(m) for m in plan.models],
-                                options.images)
-        notes += [warning] if warning else []
-    notes += [f"{plan.labels[i]}: weight 0: left out of {request.output} (its predictions "
-              "cost and add nothing; --keep-zero-weights keeps it)"
-              for i in range(len(plan.members)) if i not in kept]
-    tuning = _provenance(_describe_source(saved, data, len(y)), search, options)
+    notes = _notes(data, plan, search, options, kept)
+    tuning = tuning_of_search(describe_source(saved, data, len(y)), search, options)
     if calibration is not None:
         tuning["calibration"] = calibration.to_dict()
     chosen = plan if len(kept) == len(plan.members) else plan.keep(kept)
@@ -342,7 +331,7 @@ def tune(
         elapsed_seconds=0.0,
         warnings=notes + merged.warnings,
         cv=search.cv,
-        source=_source_kind(saved, data),
+        source=source_kind(saved, data),
         calibration=calibration,
     )
     if options.plot is not None:
@@ -353,70 +342,37 @@ def tune(
     return report
 
 
+def _calibrate(outputs: list[np.ndarray], y: np.ndarray, search: Search, plan: MergePlan,
+               options: TuneOptions, say: Progress) -> Calibration | None:
+    """`--calibrate temperature`: the temperature fitted after the search, or None."""
+    if options.calibrate is Calibrate.NONE:
+        return None
+    say("fitting the temperature on the out-of-fold probabilities")
+    return calibrate_search(outputs, y, search, plan.labels, options.merge.method,
+                            renormalize=options.merge.renormalize, holdout=options.holdout,
+                            cv=options.cv)
+
+
+def _notes(data: Data | None, plan: MergePlan, search: Search, options: TuneOptions,
+           kept: list[int]) -> list[str]:
+    """The warnings of a tune: the data, the search, the scaling, members left out."""
+    notes = ([] if data is None else data_notes(data)) + search_warnings(
+        list(plan.labels), search, options.metric.value, kept)
+    if isinstance(data, ImageFolder):
+        warning = scale_warning(plan.labels, [own_scaling(m) for m in plan.models],
+                                options.images)
+        notes += [warning] if warning else []
+    return notes + [f"{plan.labels[i]}: weight 0: left out of {plan.output} (its "
+                    "predictions cost and add nothing; --keep-zero-weights keeps it)"
+                    for i in range(len(plan.members)) if i not in kept]
+
+
 def _kept(weights: Sequence[float], options: TuneOptions) -> list[int]:
     """The members the file keeps: all, or those of weight above 0 while two remain."""
     nonzero = [i for i, w in enumerate(weights) if w > 0]
     if options.keep_zero_weights or len(nonzero) < 2:
         return list(range(len(weights)))
     return nonzero
-
-
-def preprocessing_record(
-    data: Data | None, plan: MergePlan, options: TuneOptions
-) -> dict[str, Any] | None:
-    """What was done to a folder's images before each member saw them (None for arrays):
-    the provenance keeps it so whoever runs the file does the same."""
-    if not isinstance(data, ImageFolder):
-        return None
-    images = options.images or ImageOptions()
-    sizes = [image_input(input_specs(m.model), label)
-             for m, label in zip(plan.members, plan.labels, strict=True)]
-    return {
-        "rescale": images.rescale,
-        "offset": images.offset,
-        "resize": images.resize,
-        "members": [{"file": m.path.name, "height": h, "width": w,
-                     "color_mode": CHANNELS[c]}
-                    for m, (h, w, c) in zip(plan.members, sizes, strict=True)],
-    }
-
-
-def _source_kind(saved: Predictions | None, data: Data | None) -> str:
-    """`predictions`, `images` or `data` (an .npz file): what the rows came from."""
-    if saved is not None:
-        return "predictions"
-    return "images" if isinstance(data, ImageFolder) else "data"
-
-
-def _describe_source(saved: Predictions | None, data: Data | None, rows: int) -> dict[str, Any]:
-    """What the tuning ran on, for the provenance: the file and its SHA-256, or the folder."""
-    if saved is not None and saved.path is not None:
-        return {"file": saved.path.name, "sha256": sha256_of(saved.path), "rows": rows,
-                "kind": "predictions"}
-    if isinstance(data, ImageFolder):
-        return {"file": data.name + "/", "rows": rows, "classes": len(data.classes),
-                "skipped": len(data.bad), "kind": "images"}
-    assert isinstance(data, Dataset)
-    return {"file": data.path.name, "sha256": sha256_of(data.path), "rows": rows, "kind": "npz"}
-
-
-def _provenance(data: dict[str, Any], search: Search, options: TuneOptions) -> dict[str, Any]:
-    """What the merged file records about its tuning (beside `fuse merge`'s keys)."""
-    cv, fit, held = search.cv, search.fit, search.held
-    folds = None
-    if cv is not None:
-        folds = {"k": len(cv.folds), "folds": [f.scores.to_dict() for f in cv.folds]}
-    method = search.result.method
-    return tuning_record(
-        metric=options.metric.value,
-        method=f"cv{options.cv}-{method}" if cv else method,
-        data=data,
-        holdout=options.holdout,
-        seed=SPLIT_SEED,
-        cv=folds,
-        fit={"rows": fit.rows, **fit.ensemble.to_dict()},
-        heldout={"rows": held.rows, **held.ensemble.to_dict()} if held else None,
-    )
 
 
 def _member_outputs(

@@ -130,14 +130,8 @@ def verify_file(
     transforms = _check_appended(merged, heads, raw, len(members))
     say(f"checking the formula of {merged}")
     error = check_formula(
-        model,
-        members,
-        info.weights,
-        Mode(info.mode),
-        renormalize=info.renormalize,
-        shared_inputs=info.inputs == "shared",
-        transforms=transforms,
-        what=str(merged),
+        model, members, info.weights, Mode(info.mode), renormalize=info.renormalize,
+        shared_inputs=info.inputs == "shared", transforms=transforms, what=str(merged),
         calibration=recorded_temperatures(raw),
     )
     checks = [
