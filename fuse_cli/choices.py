@@ -45,3 +45,11 @@ class Calibrate(str, Enum):
 
     NONE = "none"
     TEMPERATURE = "temperature"
+
+
+class Backend(str, Enum):
+    """The Keras backends `fuse verify --backend` proves a file on."""
+
+    TENSORFLOW = "tensorflow"
+    JAX = "jax"
+    TORCH = "torch"

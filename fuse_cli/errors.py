@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 
@@ -65,5 +66,12 @@ def first_line(exc: BaseException | str, limit: int = 300) -> str:
     shows one line.
     """
     text = str(exc).strip() or type(exc).__name__
-    line = text.splitlines()[0].strip()
+    lines = [_ANSI.sub("", part).strip() for part in text.splitlines()]
+    lines = [part for part in lines if part]
+    line = lines[0]
+    if line.startswith("Exception encountered when calling") and len(lines) > 1:
+        line = f"{line} {lines[1]}"  # Keras puts the reason on the line after
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

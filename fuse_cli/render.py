@@ -28,10 +28,9 @@ if TYPE_CHECKING:
     from fuse_cli.evaluation import EvaluationReport
     from fuse_cli.export import ExportReport
     from fuse_cli.inspection import InspectReport, ModelInfo
-    from fuse_cli.report import MergeReport, PlanReport
+    from fuse_cli.report import MergeReport, PlanReport, VerifyReport
     from fuse_cli.search import Scores
     from fuse_cli.tuning import TuneReport
-    from fuse_cli.verification import VerifyReport
 
 _SHOWN_AS_ESCAPES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 
@@ -311,6 +310,8 @@ def _tuning_text(tuning: TuningSummary) -> str:
 
 def print_verify_report(report: VerifyReport) -> None:
     """The human-readable verify report on stdout."""
+    if report.backend:
+        console.print(f"backend:  {literal(report.backend)}")
     if report.soup is not None:
         skipped = (" (BatchNormalization statistics recomputed from data: not re-checked)"
                    if report.soup else "")

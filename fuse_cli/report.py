@@ -118,3 +118,39 @@ def file_labels(paths: Sequence[Path]) -> list[str]:
     names = [p.name for p in paths]
     return [f"{name}#{i}" if names.count(name) > 1 else name
             for i, name in enumerate(names, start=1)]
+
+
+@dataclass
+class MemberCheck:
+    """One embedded member, and the original file it was checked against, if given."""
+
+    index: int
+    layer: str
+    recorded_file: str | None
+    recorded_sha256: str | None
+    given: str | None = None
+    max_abs_error: float | None = None
+
+
+@dataclass
+class VerifyReport:
+    """What `fuse verify` checked and found."""
+
+    file: str
+    mode: str
+    formula_max_abs_error: float
+    provenance_recorded: bool
+    members: list[MemberCheck]
+    elapsed_seconds: float
+    # Shared segments found in the graph (and matching the provenance): each one's
+    # name and the members it feeds. Those members are checked through them.
+    shared: list[dict[str, Any]] = field(default_factory=list)
+    # A soup: None for an ensemble; else whether its BatchNormalization statistics were
+    # recomputed from data (and so not re-checked).
+    soup: bool | None = None
+    # The Keras backend the checks ran on.
+    backend: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary of every field."""
+        return asdict(self)

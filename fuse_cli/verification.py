@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,46 +30,12 @@ from fuse_cli.inspection import (
     soup_record,
 )
 from fuse_cli.methods.base import Head
-from fuse_cli.report import Progress
+from fuse_cli.report import MemberCheck, Progress, VerifyReport
 from fuse_cli.sharing import check_record, member_functions
 
 if TYPE_CHECKING:
     import keras
 
-
-
-@dataclass
-class MemberCheck:
-    """One embedded member, and the original file it was checked against, if given."""
-
-    index: int
-    layer: str
-    recorded_file: str | None
-    recorded_sha256: str | None
-    given: str | None = None
-    max_abs_error: float | None = None
-
-
-@dataclass
-class VerifyReport:
-    """What `fuse verify` checked and found."""
-
-    file: str
-    mode: str
-    formula_max_abs_error: float
-    provenance_recorded: bool
-    members: list[MemberCheck]
-    elapsed_seconds: float
-    # Shared segments found in the graph (and matching the provenance): each one's
-    # name and the members it feeds. Those members are checked through them.
-    shared: list[dict[str, Any]] = field(default_factory=list)
-    # A soup: None for an ensemble; else whether its BatchNormalization statistics were
-    # recomputed from data (and so not re-checked).
-    soup: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary of every field."""
-        return asdict(self)
 
 
 def verify_file(
@@ -147,6 +112,7 @@ def verify_file(
         members=checks,
         elapsed_seconds=time.perf_counter() - start,
         shared=shared,
+        backend=_backend(),
     )
 
 
@@ -294,7 +260,8 @@ def _verify_soup(
     soup.check_values(written, expected, [v.path for v in soup.variables(model)], str(path))
     return VerifyReport(file=str(path), mode=info.mode, formula_max_abs_error=0.0,
                         provenance_recorded=True, members=checks,
-                        elapsed_seconds=time.perf_counter() - start, soup=recomputed)
+                        elapsed_seconds=time.perf_counter() - start, soup=recomputed,
+                        backend=_backend())
 
 
 def recorded_temperatures(raw: dict[str, Any]) -> tuple[float, ...]:
@@ -306,3 +273,9 @@ def recorded_temperatures(raw: dict[str, Any]) -> tuple[float, ...]:
             isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values):
         return ()
     return tuple(float(v) for v in values)
+
+
+def _backend() -> str:
+    import keras
+
+    return str(keras.backend.backend())

@@ -83,7 +83,8 @@ def _exit_on_error(
         if debug:
             traceback.print_exc()
         hint = "" if debug else " (run again with --debug for the traceback)"
-        _fail(command, f"internal error: {type(exc).__name__}: {exc}{hint}", 1, json_output)
+        _fail(command, f"internal error: {type(exc).__name__}: {first_line(exc)}{hint}", 1,
+              json_output)
 
 
 def _fail(command: str, message: str, code: int, json_output: bool) -> None:
@@ -173,7 +174,7 @@ def _root(
 
     Exit codes: 0 ok, 1 internal error (a bug), 2 usage, 3 a model cannot be loaded,
     4 the models cannot be combined, 5 the output cannot be written, 6 verification
-    failed.
+    failed, 7 fuse build --check: out of date.
     """
     global STARTED
     STARTED = time.perf_counter()  # each command, in a process that runs several (tests)

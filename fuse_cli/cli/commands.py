@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fuse_cli import render
-from fuse_cli.choices import Calibrate, ExportFormat, InputsMode, Metric, Mode
+from fuse_cli.choices import Backend, Calibrate, ExportFormat, InputsMode, Metric, Mode
 from fuse_cli.cli.app import app, command, emit, import_keras_quietly, quiet_retracing
 from fuse_cli.cli.options import (
     AllowMixedOption,
@@ -243,6 +243,13 @@ def verify_command(
                        "must have the recorded SHA-256 and compute what its embedded copy "
                        "does.", show_default=False),
     ] = None,
+    backend: Annotated[
+        Backend | None,
+        typer.Option("--backend", case_sensitive=False, show_default=False,
+                     help="Run the checks on this Keras backend (a fresh process with "
+                     "KERAS_BACKEND set), the one you will serve with; its package must be "
+                     "installed. Default: this process's backend (tensorflow)."),
+    ] = None,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -256,8 +263,18 @@ def verify_command(
       fuse verify ensemble.keras
 
       fuse verify ensemble.keras a.keras b.h5
+
+      fuse verify ensemble.keras --backend jax
     """
     with command("verify", debug=debug, json_output=json_output):
+        if backend is not None:
+            from fuse_cli.backends import check_backend, verify_on_backend
+
+            check_backend(backend)  # before anything else: exit 2 naming the package
+            emit("verify", json_output,
+                 lambda say: verify_on_backend(merged, members or [], backend, unsafe=unsafe),
+                 render.print_verify_report)
+            return
         import_keras_quietly(debug)
         from fuse_cli.verification import verify_file
 
