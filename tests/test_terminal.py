@@ -141,10 +141,25 @@ def test_elapsed_is_the_whole_command_and_its_parts_add_up(
     assert "(load and check " in text and ", write and verify " in text
 
 
-@pytest.mark.parametrize("command", ["merge", "export", "inspect", "verify", "evaluate", "tune"])
+@pytest.mark.parametrize("command", ["merge", "export", "inspect", "verify", "evaluate", "tune",
+                                     "build"])
 def test_help_shows_no_bool_for_a_flag(command: str, runner: CliRunner) -> None:
     """A flag takes no value: the help shows none (typer would print `<bool>`)."""
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"})
     assert result.exit_code == 0
     assert "--force" in result.stdout or "--json" in result.stdout
     assert "<bool>" not in result.stdout
+
+
+@pytest.mark.parametrize("command, usage", [
+    ("merge", "Usage: fuse merge [OPTIONS] MODELS..."),
+    ("tune", "Usage: fuse tune [OPTIONS] MODELS..."),
+    ("verify", "Usage: fuse verify [OPTIONS] MERGED [MEMBERS]..."),
+    ("inspect", "Usage: fuse inspect [OPTIONS] MODELS..."),
+    ("build", "Usage: fuse build [OPTIONS] RECIPE.toml"),
+])
+def test_the_usage_line_reads_as_arguments_are_written(
+    command: str, usage: str, runner: CliRunner
+) -> None:
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"})
+    assert usage in result.stdout and "{" not in result.stdout.splitlines()[1]

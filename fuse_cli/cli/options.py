@@ -236,6 +236,8 @@ class FileNamesAreNotOptions(TyperCommand):
         for param in self.params:  # help: a flag takes no value, so it shows no `<bool>`
             if getattr(param, "is_flag", False) and param.metavar is None:
                 param.metavar = ""
+            if param.param_type_name == "argument":  # usage: MODELS..., not {models}...
+                param._usage_display_name = _usage_name(param)  # type: ignore[attr-defined]
 
     def get_help_option(self, ctx: Any) -> Any:
         """`--help` is a flag too."""
@@ -248,6 +250,14 @@ class FileNamesAreNotOptions(TyperCommand):
         """Check the raw arguments before they are parsed as options."""
         refuse_options_named_like_files(args)
         return super().parse_args(ctx, args)
+
+
+def _usage_name(param: Any) -> Any:
+    """How an argument reads on the usage line: `MODELS...`, `[MEMBERS]...`."""
+    name = param.metavar if param.metavar is not None else (param.name or "").upper()
+    text = name if param.required else f"[{name}]"
+    text += "..." if param.nargs != 1 else ""
+    return lambda: text
 
 
 def refuse_options_named_like_files(args: list[str]) -> None:
