@@ -163,3 +163,13 @@ def test_the_usage_line_reads_as_arguments_are_written(
 ) -> None:
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"})
     assert usage in result.stdout and "{" not in result.stdout.splitlines()[1]
+
+
+def test_merge_and_tune_group_their_options_in_panels(runner: CliRunner) -> None:
+    merge = runner.invoke(app, ["merge", "--help"], env={"COLUMNS": "80"}).stdout
+    tune = runner.invoke(app, ["tune", "--help"], env={"COLUMNS": "80"}).stdout
+    for panel in ("Combining outputs", "Soup", "Safety and reports"):
+        assert f"╭─ {panel} " in merge and f"╭─ {panel} " in tune
+    assert "╭─ Search and calibration " in tune and "╭─ Images " in tune
+    soup = merge[merge.index("╭─ Soup "):]
+    assert "--recompute-bn" in soup.split("╰")[0] and "--batch-size" in soup.split("╰")[0]

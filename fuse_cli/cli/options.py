@@ -233,11 +233,14 @@ class FileNamesAreNotOptions(TyperCommand):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        panels = {**PANELS, **MERGE_PANELS} if self.name == "merge" else PANELS
         for param in self.params:  # help: a flag takes no value, so it shows no `<bool>`
             if getattr(param, "is_flag", False) and param.metavar is None:
                 param.metavar = ""
             if param.param_type_name == "argument":  # usage: MODELS..., not {models}...
                 param._usage_display_name = _usage_name(param)  # type: ignore[attr-defined]
+            elif param.name in panels and getattr(param, "rich_help_panel", None) is None:
+                param.rich_help_panel = panels[param.name]  # type: ignore[attr-defined]
 
     def get_help_option(self, ctx: Any) -> Any:
         """`--help` is a flag too."""
@@ -250,6 +253,26 @@ class FileNamesAreNotOptions(TyperCommand):
         """Check the raw arguments before they are parsed as options."""
         refuse_options_named_like_files(args)
         return super().parse_args(ctx, args)
+
+
+# Help panels: the options of merge and tune in groups a reader can skip.
+_COMBINING = "Combining outputs"
+_IMAGES = "Images (a folder as --data)"
+_SEARCH = "Search and calibration"
+_SOUP = "Soup"
+PANELS = {
+    **dict.fromkeys(("inputs", "renormalize", "assume_nonnegative", "allow_mixed_outputs",
+                     "to_probabilities", "no_share"), _COMBINING),
+    **dict.fromkeys(("rescale", "offset", "skip_bad_images", "interpolation",
+                     "crop_to_aspect_ratio", "class_names", "validation_split", "subset",
+                     "seed"), _IMAGES),
+    **dict.fromkeys(("metric", "cv", "holdout", "plot", "keep_zero_weights", "calibrate",
+                     "batch_size"), _SEARCH),
+    **dict.fromkeys(("recompute_bn", "even_if_worse"), _SOUP),
+    **dict.fromkeys(("unsafe", "json_output", "debug"), "Safety and reports"),
+}
+# In merge, the data options serve --recompute-bn only.
+MERGE_PANELS = dict.fromkeys(("data", "rescale", "offset", "batch_size"), _SOUP)
 
 
 def _usage_name(param: Any) -> Any:
