@@ -273,5 +273,7 @@ def member_reports(plan: MergePlan) -> list[MemberReport]:
             to_probabilities=list(added) if any(added) else [],
             keras_version=m.keras_version,
             migrations=list(m.migrations),
+            input_dims=[[None, *s.shape] for s in input_specs(m.model)],
+            output_dims=[[None, *s.shape] for s in output_specs(m.model)],
         ))
     return reports

@@ -36,6 +36,9 @@ class MemberReport:
     to_probabilities: list[str | None] = field(default_factory=list)
     keras_version: str | None = None
     migrations: list[str] = field(default_factory=list)
+    # The shapes as arrays (batch dim first, None where free), beside the text above.
+    input_dims: list[list[int | None]] = field(default_factory=list)
+    output_dims: list[list[int | None]] = field(default_factory=list)
 
 
 @dataclass

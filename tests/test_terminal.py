@@ -173,3 +173,15 @@ def test_merge_and_tune_group_their_options_in_panels(runner: CliRunner) -> None
     assert "╭─ Search and calibration " in tune and "╭─ Images " in tune
     soup = merge[merge.index("╭─ Soup "):]
     assert "--recompute-bn" in soup.split("╰")[0] and "--batch-size" in soup.split("╰")[0]
+
+
+def test_json_shapes_come_as_arrays_too(runner: CliRunner, zoo: dict[str, Path],
+                                        tmp_path: Path) -> None:
+    import json
+
+    result = runner.invoke(app, ["merge", str(zoo["a.keras"]), str(zoo["wide7.keras"]), "-o",
+                                 str(tmp_path / "x.keras"), "--json"], catch_exceptions=False)
+    members = json.loads(result.stdout)["members"]
+    assert members[0]["input_shapes"] == ["(None, 5)"]  # the text stays (fuse/1)
+    assert [m["input_dims"] for m in members] == [[[None, 5]], [[None, 7]]]
+    assert members[0]["output_dims"] == [[None, 10]]
