@@ -9,7 +9,7 @@ file's load + first call over the members' loads + first calls added up (goal <=
 Cases: two MobileNetV2 members (`--size` x `--size`, weights=None: nothing downloaded),
 and two Teachable-Machine-shaped members with one shared backbone.
 
-Usage: python benchmarks/cold_start.py [--runs 3] [--size 224] [--out benchmarks/cold_start_latest.md]
+Usage: python benchmarks/cold_start.py [--runs 3] [--size 224] [--out FILE.md]
 """
 
 from __future__ import annotations
