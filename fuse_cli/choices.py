@@ -23,6 +23,8 @@ class InputsMode(str, Enum):
     AUTO = "auto"
     SHARED = "shared"
     SEPARATE = "separate"
+    # One raw-image input; each member's resize, channels and rescale built in.
+    IMAGE = "image"
 
 
 class ExportFormat(str, Enum):

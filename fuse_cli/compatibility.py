@@ -235,6 +235,8 @@ class InputPlan:
 
     shared: bool
     specs: list[list[TensorSpec]]
+    # `--inputs image`: each member's (height, width, channels); the one input is `specs`.
+    image: tuple[tuple[int, int, int], ...] | None = None
 
 
 def output_kind(activation: str | None) -> str:

@@ -115,7 +115,12 @@ def _wire(
         model.name = unique
     plan = combination.plan
     model_inputs = _make_inputs(plan)
-    if sharing is not None and sharing.segments:
+    if plan.image is not None:  # one image input, each member behind its preprocessing
+        from fuse_cli.image_input import branch
+
+        results = [model(branch(model_inputs[0][0], size, i, options.images))
+                   for i, (model, size) in enumerate(zip(models, plan.image, strict=True))]
+    elif sharing is not None and sharing.segments:
         own = model_inputs[0]
         results = call_members(models, names, own if len(own) > 1 else own[0], sharing)
     else:
@@ -167,7 +172,9 @@ def _make_inputs(plan: InputPlan) -> list[list[Any]]:
     for g, specs in enumerate(plan.specs):
         group = []
         for j, spec in enumerate(specs):
-            if plan.shared:
+            if plan.image is not None:
+                input_name = "image"
+            elif plan.shared:
                 input_name = "input" if len(specs) == 1 else f"input_{j}"
             else:
                 input_name = f"member_{g}_input" if len(specs) == 1 else f"member_{g}_input_{j}"

@@ -10,7 +10,7 @@ huge inputs or activations is refused before anything runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -352,6 +352,7 @@ def check_formula(
     transforms: Sequence[Sequence[str | None]] | None = None,
     what: str = "merged model",
     calibration: Sequence[float] = (),
+    member_inputs: Callable[[list[Any]], list[list[Any]]] | None = None,
 ) -> float:
     """Run a fixed-seed batch through `merged` and `members` and compare with the formula.
 
@@ -366,7 +367,10 @@ def check_formula(
     """
     # every input of the merged call, one batch size
     size = batch_size(input_specs(merged), what, merged)
-    if shared_inputs:
+    if member_inputs is not None:  # `--inputs image`: each member behind its preprocessing
+        batch = sample_batch(input_specs(merged), batch=size, what=what)
+        per_member = member_inputs(batch)
+    elif shared_inputs:
         batch = sample_batch(input_specs(merged), batch=size, what=what)
         per_member = [batch for _ in members]
     else:

@@ -27,6 +27,7 @@ from fuse_cli.compatibility import (
 from fuse_cli.errors import IncompatibleModelsError
 from fuse_cli.formats import LoadedModel, load_models
 from fuse_cli.formats._keras_private import keras_history
+from fuse_cli.image_input import is_image_file
 from fuse_cli.methods import METHODS, method_for
 from fuse_cli.methods.base import Head
 from fuse_cli.planning import MergeOptions
@@ -304,7 +305,7 @@ def read_ensemble(model: keras.Model, beside: dict[str, Any] | None = None) -> E
         mode=first.mode,
         weights=list(first.coefficients),
         renormalize=first.renormalize,
-        inputs="shared" if shared else "separate",
+        inputs="image" if is_image_file(model) else "shared" if shared else "separate",
         heads=len(heads),
         weights_given=numbers_or_none(raw.get("weights_given")),
         tool=text_or_none(raw.get("tool")),

@@ -32,6 +32,7 @@ from fuse_cli.compatibility import (
 )
 from fuse_cli.errors import UsageError
 from fuse_cli.files import Destination, check_destinations, check_model_suffix
+from fuse_cli.image_input import plan_image
 from fuse_cli.methods import MergeMethod, method_for
 from fuse_cli.native import quiet_native_logs
 from fuse_cli.provenance import Provenance, appended_record, member_record, sharing_record
@@ -345,8 +346,9 @@ class MergePlan:
         transforms = [self.combination.transforms[i] for i in kept]
         inputs = self.combination.plan
         specs = inputs.specs if inputs.shared else [inputs.specs[i] for i in kept]
-        combination = Combination(self.combination.heads, InputPlan(inputs.shared, specs),
-                                  transforms)
+        image = tuple(inputs.image[i] for i in kept) if inputs.image else None
+        combination = Combination(self.combination.heads,
+                                  InputPlan(inputs.shared, specs, image), transforms)
         sharing = find_sharing([m.model for m in members]) if self.sharing else None
         given = tuple(self.request.weights_given[i] for i in kept)
         request = replace(self.request, files=tuple(m.path for m in members),
@@ -372,7 +374,10 @@ def check_combination(
     """
     heads = check_outputs(models, labels)
     transforms = options.method.check_members(models, labels, options)
-    plan = plan_inputs(models, labels, options.inputs)
+    if options.inputs is InputsMode.IMAGE:
+        plan = plan_image(models, labels)
+    else:
+        plan = plan_inputs(models, labels, options.inputs)
     return Combination(heads=heads, plan=plan, transforms=transforms)
 
 
@@ -395,13 +400,15 @@ def make_plan(request: Request, loaded: Sequence[LoadedModel]) -> MergePlan:
             check_batch_bound(m.model, str(m.path))
     shared = combination.plan.shared
     combines = options.method.combines_outputs  # a soup is one model: nothing to share
-    sharing = find_sharing(models) if options.share and shared and combines else None
+    image = combination.plan.image is not None  # each member its own preprocessing
+    sharing = (find_sharing(models) if options.share and shared and combines and not image
+               else None)
     provenance = Provenance(
         mode=options.mode.value,
         weights=request.weights,
         weights_given=request.weights_given,
         renormalize=options.renormalize,
-        inputs="shared" if shared else "separate",
+        inputs="image" if image else "shared" if shared else "separate",
         members=tuple(member_record(m.path, m.model.name, m.sha256, m.migrations)
                       for m in loaded),
         allow_mixed_outputs=options.allow_mixed_outputs,

@@ -284,9 +284,13 @@ def recorded_preprocessing(record: Any) -> dict[str, Any] | None:
     if not all(v is None or (isinstance(v, number) and not isinstance(v, bool))
                for v in (scale, offset)):
         return None
-    return {"rescale": scale, "offset": offset, "resize": text_or_none(record.get("resize")),
-            "members": [{k: m[k] for k in ("file", "height", "width", "color_mode")}
-                        for m in members]}
+    found = {"rescale": scale, "offset": offset, "resize": text_or_none(record.get("resize")),
+             "members": [{k: m[k] for k in ("file", "height", "width", "color_mode")}
+                         for m in members]}
+    size = record.get("input")
+    if record.get("baked") is True and isinstance(size, list) and all(_is_int(v) for v in size):
+        found["baked"], found["input"] = True, size  # `--inputs image`: in the graph
+    return found
 
 
 @dataclass(frozen=True)

@@ -294,7 +294,11 @@ def _preprocessing_text(pre: dict[str, Any]) -> str:
     offset = 0.0 if pre["offset"] is None else pre["offset"]
     sizes = ", ".join(f"{m['file']} {m['height']}x{m['width']} {m['color_mode']}"
                       for m in pre["members"])
-    return f"pixels (0-255) x {scale:.6g} + {offset:g}, resized bilinear: {sizes}"
+    text = f"pixels (0-255) x {scale:.6g} + {offset:g}, resized bilinear: {sizes}"
+    if pre.get("baked"):
+        height, width, _ = pre["input"]
+        text += f"; built into the file, which takes raw RGB pixels at {height}x{width}"
+    return text
 
 
 def _tuning_text(tuning: TuningSummary) -> str:

@@ -38,6 +38,7 @@ from fuse_cli.evaluation import (
 from fuse_cli.files import Destination
 from fuse_cli.formats import load_models
 from fuse_cli.formula import apply_activation
+from fuse_cli.image_input import pipeline_options, wrapped_members
 from fuse_cli.images import (
     ImageFolder,
     ImageOptions,
@@ -385,6 +386,10 @@ def _member_outputs(
     """Check every member against the data, then run each once; outputs, labels, and
     the rows they cover."""
     models, labels, combination = plan.models, plan.labels, plan.combination
+    images = options.images
+    if combination.plan.image is not None:  # each member behind the file's preprocessing
+        models = wrapped_members(models, combination.plan, plan.options.images)
+        images = pipeline_options(images)
     heads = combination.heads
     for model, label in zip(models, labels, strict=True):
         check_data(data, model, heads[0].shape, label)
@@ -393,7 +398,7 @@ def _member_outputs(
     for model, label, added in zip(models, labels, combination.transforms, strict=True):
         say(f"predicting with {label}")
         run = model_outputs(model, data, label=label, batch_size=options.batch_size,
-                            images=options.images, advance=advance)
+                            images=images, advance=advance)
         # `--to-probabilities`: search on what the merged model will compute.
         output = apply_activation(run[0].astype(np.float64), added[0]).astype(run[0].dtype)
         run = (output, run[1], run[2])

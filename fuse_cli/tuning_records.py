@@ -29,7 +29,7 @@ def preprocessing_record(
     images = options.images or ImageOptions()
     sizes = [image_input(input_specs(m.model), label)
              for m, label in zip(plan.members, plan.labels, strict=True)]
-    return {
+    record: dict[str, Any] = {
         "rescale": images.rescale,
         "offset": images.offset,
         "resize": images.resize,
@@ -37,6 +37,11 @@ def preprocessing_record(
                      "color_mode": CHANNELS[c]}
                     for m, (h, w, c) in zip(plan.members, sizes, strict=True)],
     }
+    inputs = plan.combination.plan
+    if inputs.image is not None:  # `--inputs image`: all of it is in the graph
+        record["baked"] = True
+        record["input"] = list(inputs.specs[0][0].shape)
+    return record
 
 
 def source_kind(saved: Predictions | None, data: Data | None) -> str:

@@ -19,6 +19,7 @@ from fuse_cli.compatibility import input_specs, shared_input_specs
 from fuse_cli.errors import UsageError, VerificationError
 from fuse_cli.formats import check_keras, check_model_path, load_model
 from fuse_cli.formula import SEED, check_formula, compare, run, sample_batch
+from fuse_cli.image_input import feeder, file_branches
 from fuse_cli.inspection import (
     EnsembleInfo,
     appended_activations,
@@ -94,10 +95,11 @@ def verify_file(
 
     transforms = _check_appended(merged, heads, raw, len(members))
     say(f"checking the formula of {merged}")
+    feed = feeder(file_branches(model, members)) if info.inputs == "image" else None
     error = check_formula(
         model, members, info.weights, Mode(info.mode), renormalize=info.renormalize,
         shared_inputs=info.inputs == "shared", transforms=transforms, what=str(merged),
-        calibration=recorded_temperatures(raw),
+        calibration=recorded_temperatures(raw), member_inputs=feed,
     )
     checks = [
         MemberCheck(i, m["layer"], m["file"], m["sha256"]) for i, m in enumerate(info.members)

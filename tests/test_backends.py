@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import pytest
 from helpers import load, mobilenet_like, predict, tm_member
+from test_images import cnn
 from typer.testing import CliRunner
 
 from fuse_cli.cli import app
@@ -71,6 +72,8 @@ def kinds(zoo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dic
     for seed in (1, 2):
         tm_member(seed, backbone=backbone).save(folder / f"tm{seed}.keras")
     shutil.copy(LEGACY, folder / "legacy.h5")
+    cnn((12, 12, 3), 1).save(folder / "rgb12.keras")
+    cnn((10, 8, 1), 2).save(folder / "gray10x8.keras")
     rng = np.random.default_rng(0)
     np.savez(folder / "d.npz", x=rng.random((60, 5), dtype=np.float32),
              y=rng.integers(0, 10, 60))
@@ -86,6 +89,8 @@ def kinds(zoo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dic
         "shared_backbone.keras": [str(folder / "tm1.keras"), str(folder / "tm2.keras")],
         "legacy_member.keras": [str(folder / "legacy.h5"), str(folder / "legacy.h5")],
         "soup.keras": [a, b, "--mode", "soup"],
+        "image_input.keras": [str(folder / "rgb12.keras"), str(folder / "gray10x8.keras"),
+                              "--inputs", "image", "--rescale", "1/255"],
     }
     paths = {}
     for name, args in specs.items():

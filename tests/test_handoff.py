@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import predict, validated
+from test_images import cnn
 from typer.testing import CliRunner
 
 from fuse_cli.cli import app
@@ -46,6 +47,8 @@ def kinds(zoo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dic
     folder = tmp_path_factory.mktemp("handoff")
     runner = CliRunner()
     a, b = str(zoo["a.keras"]), str(zoo["b.keras"])
+    cnn((12, 12, 3), 1).save(folder / "rgb12.keras")
+    cnn((10, 8, 1), 2).save(folder / "gray10x8.keras")
     specs = {
         "sum.keras": [a, b, "-w", "0.3"],
         "sum.h5": [a, b, "-w", "0.3"],
@@ -56,6 +59,8 @@ def kinds(zoo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dic
         "product.keras": [a, b, "--mode", "product"],
         "soup.keras": [a, b, "--mode", "soup"],
         "soup.h5": [a, b, "--mode", "soup", "-w", "0.3"],
+        "image_input.keras": [str(folder / "rgb12.keras"), str(folder / "gray10x8.keras"),
+                              "--inputs", "image", "--rescale", "1/255"],
     }
     paths = {}
     for name, args in specs.items():

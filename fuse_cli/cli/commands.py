@@ -24,6 +24,7 @@ from fuse_cli.cli.options import (
     DataOption,
     DebugOption,
     FileNamesAreNotOptions,
+    InputsOption,
     InterpolationOption,
     JsonOption,
     MembersArgument,
@@ -68,12 +69,7 @@ def merge(
                      help="One weight per model, >= 0, not all zero; normalized to sum to 1. "
                      "Default: equal weights."),
     ] = None,
-    inputs: Annotated[
-        InputsMode,
-        typer.Option("--inputs", case_sensitive=False,
-                     help="shared: one input fed to every member; separate: one input per "
-                     "member, in the order given; auto: shared when compatible."),
-    ] = InputsMode.AUTO,
+    inputs: InputsOption = InputsMode.AUTO,
     renormalize: RenormalizeOption = False,
     assume_nonnegative: AssumeNonnegativeOption = False,
     allow_mixed_outputs: AllowMixedOption = False,
@@ -416,6 +412,7 @@ def tune_command(
                      help="Plot the score against the weight (two models) or along the "
                      "search (more). Needs pip install 'fuse-cli\\[plot]'."),
     ] = None,
+    inputs: InputsOption = InputsMode.AUTO,
     renormalize: RenormalizeOption = False,
     assume_nonnegative: AssumeNonnegativeOption = False,
     allow_mixed_outputs: AllowMixedOption = False,
@@ -476,7 +473,8 @@ def tune_command(
         if recompute_bn and data is None:
             raise UsageError("--recompute-bn needs --data")
         merge = merge_options(
-            mode=mode, renormalize=renormalize, assume_nonnegative=assume_nonnegative,
+            mode=mode, inputs=inputs, renormalize=renormalize,
+            assume_nonnegative=assume_nonnegative,
             allow_mixed_outputs=allow_mixed_outputs, to_probabilities=to_probabilities,
             name=name, force=force, no_verify=no_verify, no_share=no_share, unsafe=unsafe,
             debug=debug, recompute_bn=data if recompute_bn else None, images=images,

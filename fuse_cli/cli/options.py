@@ -53,6 +53,14 @@ ModeOption = Annotated[
                        "soup: one model whose variables are Σ w_i·θ_i (members fine-tuned "
                        "from one starting point).")
 ]
+InputsOption = Annotated[
+    InputsMode,
+    typer.Option("--inputs", case_sensitive=False,
+                 help="shared: one input fed to every member; separate: one input per "
+                 "member, in the order given; image: one raw-image input at the largest "
+                 "member's size, each member's resize, grayscale and --rescale/--offset "
+                 "built in; auto: shared when compatible."),
+]
 RecomputeBnOption = Annotated[
     bool, typer.Option("--recompute-bn",
                        help="Soup: estimate BatchNormalization's moving statistics again "

@@ -144,11 +144,16 @@ class MergeMethod(ABC):
             The largest absolute difference found.
         """
         from fuse_cli.formula import check_formula
+        from fuse_cli.image_input import branch_models, feeder
 
+        inputs = plan.combination.plan
+        feed = (feeder(branch_models(inputs, plan.options.images))
+                if inputs.image is not None else None)
         return check_formula(
             written, plan.models, plan.weights, plan.options.mode,
-            renormalize=plan.options.renormalize, shared_inputs=plan.combination.plan.shared,
+            renormalize=plan.options.renormalize, shared_inputs=inputs.shared,
             transforms=plan.combination.transforms, what=what, calibration=plan.calibration,
+            member_inputs=feed,
         )
 
     def plan_warnings(self, options: MergeOptions) -> list[str]:

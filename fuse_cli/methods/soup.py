@@ -47,6 +47,7 @@ class SoupMethod(MergeMethod):
             "--allow-mixed-outputs": options.allow_mixed_outputs,
             "--to-probabilities": options.to_probabilities,
             "--inputs separate": options.inputs is InputsMode.SEPARATE,
+            "--inputs image": options.inputs is InputsMode.IMAGE,
         }
         for option, given in refused.items():
             if given:
