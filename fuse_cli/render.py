@@ -1,7 +1,8 @@
-"""The human-readable reports and progress displays: everything fuse shows on a terminal.
+"""The human-readable reports: everything fuse shows on a terminal but progress.
 
-`cli.py` decides what to show (a report, JSON, an error) and this module shows it;
-the two are the only modules that write to the terminal. Text that comes from a file
+`cli/` decides what to show (a report, JSON, an error) and this module shows it (with
+`render_soup` for the soup, calibration and build reports, and `progress` for what runs
+meanwhile); they are the only modules that write to the terminal. Text that comes from a file
 (names, versions, provenance, paths) goes through `literal` before Rich sees it: markup
 is escaped and control characters are shown as `\x1b`-style escapes, never sent to the
 terminal raw.
@@ -9,10 +10,7 @@ terminal raw.
 
 from __future__ import annotations
 
-import sys
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -65,16 +63,6 @@ def print_warnings(warnings: list[str]) -> None:
 def print_error(message: str) -> None:
     """An error as one line (or two) on stderr."""
     err_console.print(f"[red]error:[/] {literal(message)}")
-
-
-@contextmanager
-def spinner(enabled: bool) -> Iterator[Any]:
-    """A status line on stderr while slow steps run, only on a terminal."""
-    if enabled and sys.stderr.isatty():
-        with err_console.status("starting") as status:
-            yield lambda message: status.update(literal(message))
-    else:
-        yield None
 
 
 def print_merge_report(report: MergeReport) -> None:
@@ -342,46 +330,6 @@ def print_verify_report(report: VerifyReport) -> None:
         console.print(f"member {m.index}: {literal(m.given)} has the recorded SHA-256 and "
                       f"matches its embedded copy, max abs error {error}")
 
-
-
-@contextmanager
-def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
-    """A status line and one bar per pass over the data, on stderr, only on a terminal.
-
-    Each bar shows the rows done, the rate (rows per second) and the time left.
-    """
-    if not (enabled and sys.stderr.isatty()):
-        yield None, None
-        return
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.fields[count]}"), TextColumn("{task.fields[rate]}"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as bars:
-        status = bars.add_task("starting", total=None, count="", rate="")
-        tasks: dict[str, Any] = {}
-
-        def say(message: str) -> None:
-            bars.update(status, description=literal(message))
-
-        def advance(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bars.add_task(f"predicting with {literal(label)}", total=total,
-                                             count="", rate="")
-            task = tasks[label]
-            bars.update(task, completed=done, total=total, count=f"{done:,}/{total:,} rows")
-            speed = next((t.speed for t in bars.tasks if t.id == task), None)
-            if speed:
-                bars.update(task, rate=f"{speed:,.0f} rows/s")
-
-        yield say, advance
 
 
 def print_evaluation(report: EvaluationReport) -> None:

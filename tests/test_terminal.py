@@ -185,3 +185,33 @@ def test_json_shapes_come_as_arrays_too(runner: CliRunner, zoo: dict[str, Path],
     assert members[0]["input_shapes"] == ["(None, 5)"]  # the text stays (fuse/1)
     assert [m["input_dims"] for m in members] == [[[None, 5]], [[None, 7]]]
     assert members[0]["output_dims"] == [[None, 10]]
+
+
+def test_progress_lines_for_a_ci_log_only_when_asked(
+    runner: CliRunner, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    import re
+
+    args = ["merge", str(zoo["a.keras"]), str(zoo["b.keras"]), "-o", str(tmp_path / "x.keras")]
+    quiet = runner.invoke(app, args, catch_exceptions=False)
+    assert quiet.exit_code == 0 and quiet.stderr == ""  # not a terminal: nothing by default
+    logged = runner.invoke(app, [*args, "--force"], env={"FUSE_PROGRESS": "lines"},
+                           catch_exceptions=False)
+    lines = logged.stderr.strip().splitlines()
+    assert logged.exit_code == 0 and len(lines) >= 3
+    assert all(re.match(r"^\d\d:\d\d:\d\d \S", line) for line in lines), lines
+    assert any("loading" in line for line in lines) and any("verifying" in line
+                                                              for line in lines)
+
+
+def test_a_terminal_sees_a_line_while_tensorflow_imports(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from fuse_cli import progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    progress.say_at_once("importing TensorFlow…")
+    progress.said_at_once()
+    assert capsys.readouterr().err == "importing TensorFlow…\r\x1b[K"

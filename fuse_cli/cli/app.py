@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from fuse_cli import __version__, render
+from fuse_cli import __version__, progress, render
 from fuse_cli.errors import FuseError, UsageError, first_line
 from fuse_cli.native import quiet_native_logs
 from fuse_cli.render import console
@@ -50,6 +50,7 @@ def import_keras_quietly(debug: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if debug or "keras" in sys.modules:
         return
+    progress.say_at_once("importing TensorFlow…")  # the first seconds are not silent
     try:
         with quiet_native_logs(True):
             import keras  # noqa: F401
@@ -61,6 +62,8 @@ def import_keras_quietly(debug: bool) -> None:
             f"cannot import Keras: {first_line(exc)} (Keras reads "
             f"{os.path.join(home, 'keras.json')} and KERAS_BACKEND at import; fix or remove them)"
         ) from None
+    finally:
+        progress.said_at_once()
     # Keras reports through absl that .h5 is a legacy format: the user chose it.
     logging.getLogger("absl").setLevel(logging.ERROR)
     # TensorFlow and Keras leave ~360k objects that live as long as the process; frozen,
@@ -135,11 +138,11 @@ def emit(
         bars: A bar per pass over data (evaluate, tune) instead of a spinner.
     """
     if bars:
-        with render.progress_bars(not json_output) as (say, advance):
+        with progress.progress_bars(not json_output) as (say, advance):
             report = run(say, advance)
     else:
-        with render.spinner(not json_output) as progress:
-            report = run(progress)
+        with progress.spinner(not json_output) as say:
+            report = run(say)
     if hasattr(report, "elapsed_seconds"):
         report.elapsed_seconds = time.perf_counter() - STARTED  # type: ignore[attr-defined]
     render.print_warnings(list(getattr(report, "warnings", [])))
