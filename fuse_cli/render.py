@@ -50,8 +50,12 @@ def _shown(ch: str) -> str:
         f"\\U{code:08x}")
 
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+# A terminal wraps long lines at word boundaries; a pipe or a log keeps each message on
+# one line (grep-able, and a failure is one line).
+for _console in (console, err_console):
+    _console.soft_wrap = not _console.is_terminal
 
 
 def print_warnings(warnings: list[str]) -> None:

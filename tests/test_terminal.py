@@ -3,6 +3,7 @@ Python warnings, advice that fits the mistake."""
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -215,3 +216,24 @@ def test_a_terminal_sees_a_line_while_tensorflow_imports(
     progress.say_at_once("importing TensorFlow…")
     progress.said_at_once()
     assert capsys.readouterr().err == "importing TensorFlow…\r\x1b[K"
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux's script")
+def test_a_real_80_column_terminal_gets_lines_of_80_at_most(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    """A real run on a pseudo-terminal 80 columns wide (one subprocess)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    fuse = Path(sys.executable).parent / "fuse"
+    command = (f"stty cols 80; {fuse} merge {zoo['a.keras']} {zoo['linear.keras']} "
+               f"-o {tmp_path / 'x.keras'}")  # exit 4: the long error message
+    done = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", done.stdout).replace("\r", "\n")
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert done.returncode == 4 and any("mixed output kinds" in line for line in lines)
+    assert max(len(line.rstrip()) for line in lines) <= 80, lines
