@@ -65,18 +65,9 @@ def progress_bars(enabled: bool) -> Iterator[tuple[Any, Any]]:
     if not (enabled and sys.stderr.isatty()):
         yield None, None
         return
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.fields[count]}"), TextColumn("{task.fields[rate]}"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as bars:
+    with Progress(*bar_columns(), console=err_console, transient=True) as bars:
         status = bars.add_task("starting", total=None, count="", rate="")
         tasks: dict[str, Any] = {}
 
@@ -107,3 +98,19 @@ def _logged_advance() -> Any:
             log_line(f"predicting with {label}: {done:,}/{total:,} rows")
 
     return advance
+
+
+def bar_columns() -> tuple[Any, ...]:
+    """The bars' columns, made for 80: the description gives way (an ellipsis), never
+    the numbers (rows done, rate, time left)."""
+    from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeRemainingColumn
+    from rich.table import Column
+
+    def fixed(text: str) -> Any:
+        return TextColumn(text, table_column=Column(no_wrap=True))
+
+    return (SpinnerColumn(),
+            TextColumn("{task.description}",
+                       table_column=Column(max_width=30, no_wrap=True, overflow="ellipsis")),
+            BarColumn(bar_width=12), fixed("{task.fields[count]}"),
+            fixed("{task.fields[rate]}"), TimeRemainingColumn())

@@ -237,3 +237,21 @@ def test_a_real_80_column_terminal_gets_lines_of_80_at_most(
     lines = [line for line in screen.splitlines() if line.strip()]
     assert done.returncode == 4 and any("mixed output kinds" in line for line in lines)
     assert max(len(line.rstrip()) for line in lines) <= 80, lines
+
+
+def test_bars_at_80_columns_shorten_the_label_never_the_numbers() -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from fuse_cli.progress import bar_columns
+
+    console = Console(width=80, force_terminal=True, record=True)
+    bars = Progress(*bar_columns(), console=console, auto_refresh=False)
+    task = bars.add_task("predicting with a_rather_long_member_file_name_v2.keras#1",
+                         total=14376, count="14,376/14,376 rows", rate="1,234 rows/s")
+    bars.update(task, completed=14376)
+    console.print(bars.make_tasks_table(bars.tasks))
+    text = console.export_text()
+    line = next(line for line in text.splitlines() if "rows" in line)
+    assert "14,376/14,376 rows" in line and "1,234 rows/s" in line
+    assert len(line.rstrip()) <= 80 and "…" in line
