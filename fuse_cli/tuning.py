@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fuse_cli.calibration import Calibration, calibrate_search
-from fuse_cli.choices import Calibrate, Metric, Mode
+from fuse_cli.choices import Calibrate, InputsMode, Metric, Mode
 from fuse_cli.data import SPLIT_SEED
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
@@ -167,6 +167,9 @@ def check_tune_options(options: TuneOptions) -> list[Destination]:
                          "not --predictions, and no --plot (it draws the weight search)")
     if options.even_if_worse and not averages:
         raise UsageError("--even-if-worse applies to --mode soup only")
+    if options.predictions is not None and options.merge.inputs is InputsMode.IMAGE:
+        raise UsageError("--inputs image runs each member through the file's own "
+                         "preprocessing: give --data, not --predictions")
     if options.calibrate is not Calibrate.NONE and averages:
         raise UsageError("--calibrate applies to output ensembles (--mode sum or product)")
     if not 0 <= options.holdout < 1:

@@ -91,3 +91,12 @@ def test_members_that_are_not_images_are_exit_4_and_a_soup_exit_2(
     soup = invoke("merge", setup["rgb"], setup["rgb"], "--mode", "soup", "--inputs", "image",
                   "-o", tmp_path / "x.keras")
     assert soup.exit_code == 2 and "--inputs image does not apply" in soup.stderr
+
+
+def test_saved_predictions_cannot_stand_for_the_files_preprocessing(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    np.savez(tmp_path / "p.npz", y=np.zeros(2, np.int64))
+    result = invoke("tune", setup["rgb"], setup["gray"], "--inputs", "image", "--predictions",
+                    tmp_path / "p.npz", "-o", tmp_path / "x.keras")
+    assert result.exit_code == 2 and "give --data, not --predictions" in result.stderr
