@@ -104,11 +104,14 @@ def merge_options(recipe: Recipe, *, force: bool, quiet: bool = True) -> MergeOp
     from fuse_cli.planning import MergeOptions
 
     t, tune = recipe.table, recipe.tune
-    if tune is not None and tune.get("recompute_bn"):
-        recompute, images = recipe.resolve(tune["data"]) if "data" in tune else None, _images(tune)
+    # The images are the tune's data (its folder's options) if there is a [tune], else
+    # what the top level says (a soup's --recompute-bn data, an --inputs image merge).
+    images = _images(tune if tune is not None else t)
+    if tune is not None:
+        wanted = tune.get("recompute_bn") and "data" in tune
+        recompute = recipe.resolve(tune["data"]) if wanted else None
     else:
         recompute = recipe.resolve(t["recompute_bn"]) if "recompute_bn" in t else None
-        images = _images(t)
     return MergeOptions(
         mode=Mode(t.get("mode", "sum")), weight=t.get("weight"), weights=t.get("weights"),
         inputs=InputsMode(t.get("inputs", "auto")), renormalize=t.get("renormalize", False),
@@ -118,7 +121,7 @@ def merge_options(recipe: Recipe, *, force: bool, quiet: bool = True) -> MergeOp
         force=force, verify=t.get("verify", True), unsafe=t.get("unsafe", False),
         share=t.get("share", True),
         exports=[ExportFormat(e) for e in t.get("exports", [])], quiet=quiet,
-        recompute_bn=recompute, images=images if recompute else None,
+        recompute_bn=recompute, images=images,
         batch_size=(tune or t).get("batch_size"),
     )
 

@@ -239,3 +239,22 @@ def test_the_shipped_recipe_matches_its_schema_and_h5_builds_are_reproducible(
     for out in outs:
         assert invoke("merge", zoo["a.keras"], zoo["b.keras"], "-o", out).exit_code == 0
     assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_an_image_input_recipe_bakes_the_tunes_rescale(tmp_path: Path) -> None:
+    from test_images import cnn
+
+    make_folder(tmp_path / "photos", per_class=4)
+    cnn((12, 12, 3), 1).save(tmp_path / "rgb.keras")
+    cnn((10, 8, 1), 2).save(tmp_path / "gray.keras")
+    recipe = write(tmp_path, "image.toml", 'output = "image.keras"\ninputs = "image"\n'
+                   + members_toml(tmp_path / "rgb.keras", tmp_path / "gray.keras")
+                   + '\n[tune]\ndata = "photos"\nrescale = "1/255"\ncv = 0\n')
+    result = invoke("build", recipe, "--json")
+    assert result.exit_code == 0, result.stderr
+    fit = validated(result.stdout)["result"]["fit"]["ensemble"]
+    scored = validated(invoke("evaluate", tmp_path / "image.keras", "--data",
+                              tmp_path / "photos", "--json").stdout)["models"][0]
+    assert scored["log_loss"] == pytest.approx(fit["log_loss"], rel=1e-5)
+    model = load(tmp_path / "image.keras")
+    assert any(layer.name.endswith("_rescale") for layer in model.layers)
