@@ -456,3 +456,14 @@ def _normalizes_to(given: Any, coefficients: Sequence[float]) -> bool:
     except (TypeError, ValueError):
         return False
     return total > 0 and _same_numbers([float(w) / total for w in given], coefficients)
+
+
+def recorded_temperatures(tuning: Any) -> tuple[float, ...]:
+    """The temperatures `fuse tune --calibrate` recorded in a record's `tuning` entry (and
+    built in after the combination), if any."""
+    found = tuning.get("calibration") if isinstance(tuning, dict) else None
+    values = found.get("temperatures") if isinstance(found, dict) else None
+    if not isinstance(values, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values):
+        return ()
+    return tuple(float(v) for v in values)

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from fuse_cli.compatibility import shape_text
 from fuse_cli.formats.screening import size_text
-from fuse_cli.provenance import TuningSummary, tuning_summary
+from fuse_cli.provenance import TuningSummary, recorded_temperatures, tuning_summary
 
 if TYPE_CHECKING:
     from fuse_cli import soup_tuning
@@ -276,6 +276,10 @@ def _print_model_info(info: ModelInfo) -> None:
     tuning = tuning_summary(e.tuning)
     if tuning is not None:
         console.print(f"  tuned:      {literal(_tuning_text(tuning))}")
+    temperatures = recorded_temperatures(e.tuning)
+    if temperatures:
+        console.print(f"  calibrated: temperature T = {temperatures[0]:.4g}, built in after the "
+                      "combination (softmax(log(p) / T))")
     if e.preprocessing is not None:
         console.print(f"  images:     {literal(_preprocessing_text(e.preprocessing))}")
 

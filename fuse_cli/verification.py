@@ -31,6 +31,7 @@ from fuse_cli.inspection import (
     soup_record,
 )
 from fuse_cli.methods.base import Head
+from fuse_cli.provenance import recorded_temperatures
 from fuse_cli.report import MemberCheck, Progress, VerifyReport
 from fuse_cli.sharing import check_record, member_functions
 
@@ -99,7 +100,7 @@ def verify_file(
     error = check_formula(
         model, members, info.weights, Mode(info.mode), renormalize=info.renormalize,
         shared_inputs=info.inputs == "shared", transforms=transforms, what=str(merged),
-        calibration=recorded_temperatures(raw), member_inputs=feed,
+        calibration=recorded_temperatures(raw.get("tuning")), member_inputs=feed,
     )
     checks = [
         MemberCheck(i, m["layer"], m["file"], m["sha256"]) for i, m in enumerate(info.members)
@@ -265,16 +266,6 @@ def _verify_soup(
                         elapsed_seconds=time.perf_counter() - start, soup=recomputed,
                         backend=_backend())
 
-
-def recorded_temperatures(raw: dict[str, Any]) -> tuple[float, ...]:
-    """The temperatures `fuse tune --calibrate` recorded (and built in), if any."""
-    tuning = raw.get("tuning")
-    found = tuning.get("calibration") if isinstance(tuning, dict) else None
-    values = found.get("temperatures") if isinstance(found, dict) else None
-    if not isinstance(values, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values):
-        return ()
-    return tuple(float(v) for v in values)
 
 
 def _backend() -> str:

@@ -104,6 +104,8 @@ def test_the_file_computes_the_calibrated_formula_and_keeps_the_argmax(
         record = json.loads(zf.read("fuse.json"))
     assert record["tuning"]["calibration"]["temperatures"] == [temperature]
     assert invoke("verify", out).exit_code == 0
+    shown = invoke("inspect", out).stdout
+    assert f"calibrated: temperature T = {temperature:.4g}" in shown
 
 
 def test_a_wrong_recorded_temperature_fails_verify(
