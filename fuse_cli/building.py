@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from fuse_cli.soup_tuning import SoupTuneReport
     from fuse_cli.tuning import TuneOptions, TuneReport, TuneRequest
 
+# The checked request of a merge, or of a tune (the other is None).
+Checked = tuple["Request | None", "TuneRequest | None"]
+
 # Artifacts whose converter writes the same bytes for the same model (measured: the
 # LiteRT flatbuffer; tf2onnx numbers its nodes from a counter that varies, and a
 # SavedModel carries a random fingerprint and checkpoint ids).
@@ -143,13 +146,19 @@ def tune_options(recipe: Recipe, merge: MergeOptions) -> TuneOptions:
 
 
 def record(recipe: Recipe) -> dict[str, Any]:
-    """What the built file records of its recipe: name, SHA-256, the tools' versions."""
-    import keras
-    import tensorflow as tf
+    """What the built file records of its recipe: name, SHA-256, the versions of fuse,
+    Keras and the backend Keras runs on (read from the installed packages)."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    import keras
+
+    backend = str(keras.backend.backend())
+    try:
+        found = version(backend)
+    except PackageNotFoundError:
+        found = None
     return {"recipe": recipe.path.name, "recipe_sha256": recipe.sha256,
-            "versions": {"fuse": __version__, "keras": keras.__version__,
-                         "tensorflow": tf.__version__}}
+            "versions": {"fuse": __version__, "keras": keras.__version__, backend: found}}
 
 
 def check_pins(recipe: Recipe) -> None:
@@ -172,9 +181,7 @@ def check_pins(recipe: Recipe) -> None:
             )
 
 
-def requests(
-    recipe: Recipe, out: Path, *, force: bool, quiet: bool = True
-) -> tuple[Request | None, TuneRequest | None]:
+def requests(recipe: Recipe, out: Path, *, force: bool, quiet: bool = True) -> Checked:
     """The checked request of the merge, or of the tune, the recipe declares.
 
     Raises:
@@ -224,13 +231,15 @@ def build(
     progress: Progress | None = None,
     advance: Advance | None = None,
     quiet: bool = True,
+    checked: Checked | None = None,
 ) -> MergeReport | TuneReport | SoupTuneReport:
-    """Build what the recipe declares into `out` (default: the recipe's output)."""
+    """Build what the recipe declares into `out` (default: the recipe's output); `checked`
+    is its request if `requests` made it already."""
     from fuse_cli.merge import merge_request
     from fuse_cli.tuning import tune
 
     start = time.perf_counter()
-    merge, tuned = requests(recipe, out or recipe.output, force=force, quiet=quiet)
+    merge, tuned = checked or requests(recipe, out or recipe.output, force=force, quiet=quiet)
     check_pins(recipe)
     stamp = record(recipe)
     if merge is not None:
@@ -241,18 +250,17 @@ def build(
 
 
 def recorded(path: Path) -> dict[str, Any]:
-    """The provenance record kept beside a model file (`{}` if none)."""
-    from fuse_cli.formats import load_model
+    """The provenance record kept beside a model file (`{}` if none), without loading it."""
+    from fuse_cli.formats import read_record
 
-    found = load_model(path).provenance
-    return found if isinstance(found, dict) else {}
+    return read_record(path) or {}
 
 
 def check(
     recipe: Recipe, progress: Progress | None = None, advance: Advance | None = None,
     quiet: bool = True,
 ) -> list[str]:
-    """Whether OUT is what the recipe builds now.
+    """Whether OUT is what the recipe builds now (the recipe's request checked already).
 
     Returns:
         What was compared, one line each.
@@ -264,7 +272,6 @@ def check(
     from fuse_cli.formats import sha256_of
 
     out = recipe.output
-    requests(recipe, out, force=True, quiet=quiet)  # the recipe itself is sound
     check_pins(recipe)
     if not out.exists():
         raise OutOfDateError(f"{out} does not exist: run fuse build {recipe.path}")
@@ -395,30 +402,60 @@ def build_locked(
     return execute(plan, progress=progress)
 
 
-def build_recipe(
+@dataclass(frozen=True)
+class BuildRequest:
+    """`fuse build` as checked before anything loads: the recipe, read, and the merge's or
+    the tune's request it makes (options, weights, every destination)."""
+
+    recipe: Recipe
+    checked: Checked
+    check_only: bool = False
+    force: bool = False
+    lock: Path | None = None
+    locked: bool = False
+    quiet: bool = True
+
+
+def check_build(
     path: Path, *, check_only: bool = False, force: bool = False, lock: Path | None = None,
-    locked: bool = False, progress: Progress | None = None, advance: Advance | None = None,
-    quiet: bool = True,
-) -> BuildReport:
-    """`fuse build`: read the recipe, then check, build from a lock, or build."""
+    locked: bool = False, quiet: bool = True,
+) -> BuildRequest:
+    """Every check `fuse build` makes before a model loads (no Keras needed).
+
+    Raises:
+        UsageError, OutputError: A bad recipe or options, a destination that cannot be
+            written.
+    """
     from fuse_cli.recipe import read_recipe
 
-    start = time.perf_counter()
     recipe = read_recipe(path)
-    kind = "tune" if recipe.tune is not None else "merge"
-    report = BuildReport(str(path), recipe.sha256, str(recipe.output), "built", kind)
     if locked and lock is None:
         raise UsageError("--locked reads the lock --lock FILE names: give --lock")
-    if check_only:
+    if check_only and (locked or force):
+        raise UsageError("--check builds nothing: give no --force or --locked")
+    checked = requests(recipe, recipe.output, force=force or check_only, quiet=quiet)
+    return BuildRequest(recipe, checked, check_only, force, lock, locked, quiet)
+
+
+def build_recipe(
+    request: BuildRequest, progress: Progress | None = None, advance: Advance | None = None,
+) -> BuildReport:
+    """`fuse build` on a checked request: check OUT, build from a lock, or build."""
+    start = time.perf_counter()
+    recipe, lock, quiet = request.recipe, request.lock, request.quiet
+    kind = "tune" if recipe.tune is not None else "merge"
+    report = BuildReport(str(recipe.path), recipe.sha256, str(recipe.output), "built", kind)
+    if request.check_only:
         report.checked = check(recipe, progress, advance, quiet)
         report.action = "up to date"
-    elif locked:
+    elif request.locked:
         assert lock is not None
-        report.result = build_locked(recipe, lock, force=force, progress=progress, quiet=quiet)
+        report.result = build_locked(recipe, lock, force=request.force, progress=progress,
+                                     quiet=quiet)
         report.lock = str(lock)
     else:
-        report.result = build(recipe, force=force, progress=progress, advance=advance,
-                              quiet=quiet)
+        report.result = build(recipe, force=request.force, progress=progress,
+                              advance=advance, quiet=quiet, checked=request.checked)
         if lock is not None:
             write_lock(recipe, lock, recipe.output)
             report.lock = str(lock)
@@ -426,4 +463,5 @@ def build_recipe(
     return report
 
 
-__all__: Sequence[str] = ("BuildReport", "build", "build_recipe", "check", "write_lock")
+__all__: Sequence[str] = ("BuildReport", "BuildRequest", "build", "build_recipe", "check",
+                          "check_build", "write_lock")

@@ -52,30 +52,25 @@ def build_command(
       fuse build ensemble.toml --check || fuse build ensemble.toml --force
     """
     with command("build", debug=debug, json_output=json_output):
-        from fuse_cli.building import build_recipe, requests
-        from fuse_cli.errors import UsageError
-        from fuse_cli.recipe import read_recipe
+        from fuse_cli.building import build_recipe, check_build
 
-        found = read_recipe(recipe)  # every check that needs no model, before TensorFlow
-        requests(found, found.output, force=force or check, quiet=not debug)
-        if locked and lock is None:
-            raise UsageError("--locked reads the lock --lock FILE names: give --lock")
-        if check and (locked or force):
-            raise UsageError("--check builds nothing: give no --force or --locked")
+        # Every check that needs no model, before TensorFlow.
+        request = check_build(recipe, check_only=check, force=force, lock=lock, locked=locked,
+                              quiet=not debug)
         import_keras_quietly(debug)
         quiet_retracing(debug)
         emit("build", json_output,
-             lambda say, advance: build_recipe(recipe, check_only=check, force=force,
-                                               lock=lock, locked=locked, progress=say,
-                                               advance=advance, quiet=not debug),
+             lambda say, advance: build_recipe(request, progress=say, advance=advance),
              _show, bars=True)
 
 
 def _show(report: BuildReport) -> None:
     from fuse_cli import render
     from fuse_cli.render_soup import print_build_report
+    from fuse_cli.report import MergeReport
 
-    if report.result is not None:
-        (render.print_tune_report if report.kind == "tune" and hasattr(report.result, "merge")
-         else render.print_merge_report)(report.result)
+    if isinstance(report.result, MergeReport):  # a merge, or a tune rebuilt from its lock
+        render.print_merge_report(report.result)
+    elif report.result is not None:
+        render.print_tune_report(report.result)
     print_build_report(report)

@@ -264,9 +264,8 @@ def verify_command(
     """
     with command("verify", debug=debug, json_output=json_output):
         if backend is not None:
-            from fuse_cli.backends import check_backend, verify_on_backend
+            from fuse_cli.backends import verify_on_backend
 
-            check_backend(backend)  # before anything else: exit 2 naming the package
             emit("verify", json_output,
                  lambda say: verify_on_backend(merged, members or [], backend, unsafe=unsafe),
                  render.print_verify_report)

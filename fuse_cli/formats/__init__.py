@@ -236,6 +236,48 @@ def _write_provenance(tmp: Path, record: dict[str, Any]) -> None:
         h5.attrs[PROVENANCE_ATTRIBUTE] = text
 
 
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The provenance record fuse keeps beside a model, read without loading the model:
+    a `.keras` archive's `fuse.json` (the archive screened first), an HDF5 file's root
+    attribute `fuse_provenance`. None if there is none or it is not a JSON object.
+
+    Raises:
+        ModelLoadError: Not a model file, or a record past the config size cap.
+    """
+    import zipfile
+
+    from fuse_cli.formats.screening import (
+        PROVENANCE_MEMBER,
+        attr_text,
+        check_keras_archive,
+        parse_config,
+    )
+
+    check_model_path(path)
+    with path.open("rb") as f:
+        kind = sniff_format(f.read(HEAD_BYTES), path)
+        f.seek(0)
+        try:
+            if kind == "keras":
+                with zipfile.ZipFile(f) as zf:
+                    check_keras_archive(zf, path, stored=os.fstat(f.fileno()).st_size)
+                    names = zf.namelist()
+                    found = (parse_config(zf.read(PROVENANCE_MEMBER), path, PROVENANCE_MEMBER)
+                             if PROVENANCE_MEMBER in names else None)
+            else:
+                import h5py
+
+                with h5py.File(f, "r") as h5:
+                    text = attr_text(h5.attrs.get(PROVENANCE_ATTRIBUTE))
+                    found = (parse_config(text, path, PROVENANCE_ATTRIBUTE)
+                             if text is not None else None)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # zipfile, h5py on corrupt structures
+            raise ModelLoadError(f"{path}: cannot read its record: {exc}") from None
+    return found if isinstance(found, dict) else None
+
+
 def load_models(
     paths: Sequence[Path], *, unsafe: bool = False, progress: Progress | None = None
 ) -> list[LoadedModel]:
