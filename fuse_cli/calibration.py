@@ -11,10 +11,15 @@ sharpens an under-confident one; the argmax never changes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fuse_cli.methods import MergeMethod
+    from fuse_cli.selection import Search
 
 BINS = 15  # equal-width confidence bins for the expected calibration error
 LOW, HIGH = 1e-7, 1 - 1e-7  # clipping of the label's probability, as Keras's log-loss
@@ -180,21 +185,18 @@ def calibrate_ensemble(
 def calibrate_search(
     outputs: list[np.ndarray],
     y: np.ndarray,
-    search: Any,
-    labels: Any,
-    method: Any,
+    search: Search,
+    labels: Sequence[str],
+    method: MergeMethod,
     *,
     renormalize: bool,
-    holdout: float,
-    cv: int,
 ) -> Calibration:
-    """`--calibrate temperature` after tune's search: the same split and folds as the
-    search (fixed seed), each fold's rows combined with the weights found without them.
+    """`--calibrate temperature` after tune's search: its split and folds, each fold's
+    rows combined with the weights found without them.
 
     Raises:
         UsageError: A member whose outputs are not probabilities (exit 2).
     """
-    from fuse_cli.data import split_rows, stratified_folds
     from fuse_cli.errors import UsageError
     from fuse_cli.search import are_probabilities
 
@@ -205,16 +207,15 @@ def calibrate_search(
                 f"{label} outputs range from {output.min():.4g} to {output.max():.4g} "
                 "(raw scores: --to-probabilities)"
             )
-    fit_rows, held_rows = split_rows(y, holdout)
-    if cv and search.cv is not None:
-        fold_rows = [fit_rows[f] for f in stratified_folds(y[fit_rows], cv)]
+    if search.cv is not None:  # the search's own folds, each with its weights
+        fold_rows = list(search.folds)
         fold_weights = [f.weights for f in search.cv.folds]
     else:
-        fold_rows, fold_weights = [fit_rows], [search.weights]
+        fold_rows, fold_weights = [search.fit_rows], [search.weights]
 
     def combine(parts: list[np.ndarray], weights: list[float]) -> np.ndarray:
         return np.asarray(method.combine([p.astype(np.float64) for p in parts], weights,
                                          renormalize))
 
-    held = (held_rows, search.weights) if len(held_rows) else None
+    held = (search.held_rows, search.weights) if len(search.held_rows) else None
     return calibrate_ensemble(outputs, y, fold_rows, fold_weights, held, combine)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,11 @@ class Search:
     fit: PartScores
     held: PartScores | None
     path: list[dict[str, Any]]
+    # The rows the weights were fitted on and held out, and each fold's rows (row numbers
+    # of every row; empty without --cv): what `--calibrate` fits on, the same split.
+    fit_rows: np.ndarray = field(default_factory=lambda: np.arange(0))
+    held_rows: np.ndarray = field(default_factory=lambda: np.arange(0))
+    folds: tuple[np.ndarray, ...] = ()
 
 
 def choose_weights(
@@ -86,6 +91,7 @@ def choose_weights(
     fit_rows, held_rows = split_rows(y, holdout)
     folds_k = cv
     found = None
+    folds: list[np.ndarray] = []
     if folds_k:
         say(f"cross-validating the weights ({metric}, {folds_k} folds) on "
             f"{len(fit_rows)} rows")
@@ -107,6 +113,9 @@ def choose_weights(
         fit=scores(fit_rows),
         held=scores(held_rows) if len(held_rows) else None,
         path=_path_scores(result, outputs, y, held_rows, mode),
+        fit_rows=fit_rows,
+        held_rows=held_rows,
+        folds=tuple(fit_rows[f] for f in folds),
     )
 
 

@@ -353,8 +353,7 @@ def _calibrate(outputs: list[np.ndarray], y: np.ndarray, search: Search, plan: M
         return None
     say("fitting the temperature on the out-of-fold probabilities")
     return calibrate_search(outputs, y, search, plan.labels, options.merge.method,
-                            renormalize=options.merge.renormalize, holdout=options.holdout,
-                            cv=options.cv)
+                            renormalize=options.merge.renormalize)
 
 
 def _notes(data: Data | None, plan: MergePlan, search: Search, options: TuneOptions,
