@@ -75,24 +75,13 @@ class BuildReport:
 # --- the recipe as a request ---------------------------------------------------------
 
 
-def scale(value: Any) -> float | None:
-    """`rescale`: a number, or a fraction written as text (`"1/255"`)."""
-    if value is None or isinstance(value, int | float):
-        return None if value is None else float(value)
-    top, _, bottom = str(value).partition("/")
-    try:
-        return float(top) / float(bottom) if bottom else float(top)
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"rescale: {value!r} is not a number or a fraction such as "
-                         "\"1/255\"") from None
-
-
 def _images(table: dict[str, Any]) -> ImageOptions:
+    from fuse_cli.image_input import parse_scale
     from fuse_cli.images import ImageOptions
 
     names = table.get("class_names")
     return ImageOptions(
-        rescale=scale(table.get("rescale")), offset=table.get("offset"),
+        rescale=parse_scale(table.get("rescale")), offset=table.get("offset"),
         skip_bad=table.get("skip_bad_images", False),
         interpolation=table.get("interpolation", "bilinear").lower(),
         crop_to_aspect_ratio=table.get("crop_to_aspect_ratio", False),

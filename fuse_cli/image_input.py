@@ -36,6 +36,29 @@ GRAY = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's weights
 PREFIX = "preprocess_"
 
 
+def parse_scale(value: str | float | None) -> float | None:
+    """`--rescale` (or a recipe's `rescale`): a number, or `1/255`, `1/127.5`, as text.
+
+    Raises:
+        UsageError: Not a finite number or fraction.
+    """
+    import math
+
+    from fuse_cli.errors import UsageError
+
+    if value is None:
+        return None
+    try:
+        top, _, bottom = str(value).partition("/")
+        found = float(top) / float(bottom) if bottom else float(top)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"--rescale: {value!r} is not a number or a fraction such as 1/255"
+                         ) from None
+    if not math.isfinite(found):
+        raise UsageError(f"--rescale: {value!r} is not finite")
+    return found
+
+
 def plan_image(models: Sequence[keras.Model], labels: Sequence[str]) -> InputPlan:
     """One image input at the largest member's size, three channels.
 

@@ -44,7 +44,6 @@ from fuse_cli.cli.options import (
     UnsafeOption,
     ValidationSplitOption,
     merge_options,
-    parse_scale,
 )
 from fuse_cli.errors import UsageError
 
@@ -126,7 +125,7 @@ def merge(
             raise UsageError("--recompute-bn needs --data" if recompute_bn else
                              "--data is read by --recompute-bn only (fuse tune chooses "
                              "weights from data)")
-        images = _image_options(parse_scale(rescale), offset, False, "bilinear", False,
+        images = _image_options(rescale, offset, False, "bilinear", False,
                                 None, (None, None, None))
         options = merge_options(
             mode=mode, inputs=inputs, weight=weight, weights=weights, renormalize=renormalize,
@@ -282,13 +281,14 @@ def verify_command(
 
 
 def _image_options(
-    scale: float | None, offset: float | None, skip_bad: bool, interpolation: str,
+    scale: str | None, offset: float | None, skip_bad: bool, interpolation: str,
     crop: bool, class_names: str | None, split: tuple[float | None, str | None, int | None],
 ) -> ImageOptions:
-    from fuse_cli.images import ImageOptions  # numpy, not Keras
+    from fuse_cli.image_input import parse_scale  # numpy, not Keras
+    from fuse_cli.images import ImageOptions
 
     names = tuple(n.strip() for n in class_names.split(",")) if class_names is not None else None
-    return ImageOptions(rescale=scale, offset=offset, skip_bad=skip_bad,
+    return ImageOptions(rescale=parse_scale(scale), offset=offset, skip_bad=skip_bad,
                         interpolation=interpolation.lower(), crop_to_aspect_ratio=crop,
                         class_names=names, validation_split=split[0], subset=split[1],
                         seed=split[2])
@@ -349,7 +349,7 @@ def evaluate_command(
     with command("evaluate", debug=debug, json_output=json_output):
         from fuse_cli.evaluation import check_evaluate, evaluate
 
-        images = _image_options(parse_scale(rescale), offset, skip_bad_images, interpolation,
+        images = _image_options(rescale, offset, skip_bad_images, interpolation,
                                 crop_to_aspect_ratio, class_names,
                                 (validation_split, subset, seed))
         # Every check that needs no model (the data read too), before TensorFlow.
@@ -466,7 +466,7 @@ def tune_command(
       fuse tune run1.keras run2.keras run3.keras --mode soup --data val.npz -o soup.keras
     """
     with command("tune", debug=debug, json_output=json_output):
-        images = _image_options(parse_scale(rescale), offset, skip_bad_images, interpolation,
+        images = _image_options(rescale, offset, skip_bad_images, interpolation,
                                 crop_to_aspect_ratio, class_names,
                                 (validation_split, subset, seed))
         if recompute_bn and data is None:

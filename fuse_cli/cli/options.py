@@ -178,25 +178,6 @@ def parse_weights(text: str | None) -> list[float] | None:
     return values
 
 
-def parse_scale(text: str | None) -> float | None:
-    """Parse `--rescale 0.5`, `1/255` or `1/127.5`.
-
-    Raises:
-        UsageError: Not a finite number or fraction.
-    """
-    if text is None:
-        return None
-    try:
-        top, _, bottom = text.partition("/")
-        value = float(top) / float(bottom) if bottom else float(top)
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"--rescale: {text!r} is not a number or a fraction such as 1/255"
-                         ) from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise UsageError(f"--rescale: {text!r} is not finite")
-    return value
-
-
 def merge_options(
     *,
     mode: Mode,
