@@ -288,12 +288,17 @@ def check(
 def _check_members(recipe: Recipe, found: dict[str, Any]) -> None:
     from fuse_cli.formats import sha256_of
 
-    names = {m.get("file"): m.get("sha256") for m in found.get("members", [])
-             if isinstance(m, dict)}
+    names = {m.get("file"): m.get("sha256") for m in _members_of(found)}
     for member in recipe.members:
         if member.path.name in names and names[member.path.name] != sha256_of(member.path):
             raise OutOfDateError(f"{member.path} changed since {recipe.output} was built "
                                  "(its SHA-256 is not the recorded one)")
+
+
+def _members_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A record's member entries that are tables (a record is data from a file)."""
+    members = record.get("members")
+    return [m for m in members if isinstance(m, dict)] if isinstance(members, list) else []
 
 
 def _check_exports(recipe: Recipe, out: Path, fresh: Path, quiet: bool) -> list[str]:
@@ -330,7 +335,7 @@ def write_lock(recipe: Recipe, lock: Path, out: Path) -> None:
     from fuse_cli.formats import sha256_of
 
     found = recorded(out)
-    kept = [m.get("file") for m in found.get("members", []) if isinstance(m, dict)]
+    kept = [m.get("file") for m in _members_of(found)]
     lines = [
         "# Written by fuse build: what the recipe resolved to. `fuse build RECIPE --lock",
         "# FILE --locked` rebuilds OUT from it without running the data pass or the search.",
@@ -378,15 +383,20 @@ def build_locked(
             raise OutOfDateError(f"{member.path} changed since {lock} was written")
         if entry.get("kept"):
             kept.append(member.path)
-    provenance = json.loads(locked["provenance"])
+    try:
+        provenance = json.loads(locked["provenance"])
+        given = [float(w) for w in provenance["weights_given"]]
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(f"{lock}: not a lock fuse build wrote (no provenance with "
+                         "weights); build without --locked to write one") from None
     options = replace(merge_options(recipe, force=force, quiet=quiet), weight=None,
-                      weights=provenance["weights_given"])
+                      weights=given)
     request = check_request(kept, recipe.output, options)
     request = replace(request, recipe=provenance.get("build"))
     loaded = load_models(kept, unsafe=options.unsafe, progress=progress)
     plan = make_plan(request, loaded)
     if "tuning" in provenance:
-        plan = plan.with_weights(provenance["weights_given"], provenance["tuning"],
+        plan = plan.with_weights(given, provenance["tuning"],
                                  provenance.get("preprocessing"))
     return execute(plan, progress=progress)
 

@@ -69,19 +69,30 @@ def brier(p: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.sum((q - truth) ** 2, axis=1)))
 
 
-def ece(p: np.ndarray, y: np.ndarray, bins: int = BINS) -> float:
-    """Expected calibration error: the row-weighted mean |accuracy - confidence| over
-    `bins` equal-width bins of the top probability (the last bin includes 1)."""
+def reliability(
+    p: np.ndarray, y: np.ndarray, bins: int = BINS
+) -> tuple[list[float], list[float], list[int]]:
+    """Per non-empty equal-width bin of the top probability (the last bin includes 1):
+    its mean confidence, its accuracy and its rows (the reliability diagram's points)."""
     q = as_classes(p)
-    confidence = q.max(axis=1)
-    correct = q.argmax(axis=1) == y.reshape(-1)
+    confidence, correct = q.max(axis=1), q.argmax(axis=1) == y.reshape(-1)
     which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    total = 0.0
+    found: tuple[list[float], list[float], list[int]] = ([], [], [])
     for b in range(bins):
         rows = which == b
         if rows.any():
-            total += rows.sum() * abs(correct[rows].mean() - confidence[rows].mean())
-    return float(total / len(q))
+            found[0].append(float(confidence[rows].mean()))
+            found[1].append(float(correct[rows].mean()))
+            found[2].append(int(rows.sum()))
+    return found
+
+
+def ece(p: np.ndarray, y: np.ndarray, bins: int = BINS) -> float:
+    """Expected calibration error: the row-weighted mean |accuracy - confidence| over the
+    bins of `reliability`."""
+    confidence, accuracy, rows = reliability(p, y, bins)
+    total = sum(n * abs(a - c) for c, a, n in zip(confidence, accuracy, rows, strict=True))
+    return float(total / sum(rows))
 
 
 def scores(p: np.ndarray, y: np.ndarray) -> dict[str, float]:

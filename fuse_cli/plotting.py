@@ -34,24 +34,6 @@ def check_plot(path: Path, option: str = "--plot") -> Destination:
     return Destination(option, path)
 
 
-def reliability_curve(p: np.ndarray, y: np.ndarray, bins: int = 15) -> tuple[list[float], ...]:
-    """Per non-empty equal-width bin of the top probability: its mean confidence, its
-    accuracy and its rows (what the expected calibration error adds up)."""
-    from fuse_cli.calibration import as_classes
-
-    q = as_classes(p)
-    confidence, correct = q.max(axis=1), q.argmax(axis=1) == y.reshape(-1)
-    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    found: tuple[list[float], ...] = ([], [], [])
-    for b in range(bins):
-        rows = which == b
-        if rows.any():
-            found[0].append(float(confidence[rows].mean()))
-            found[1].append(float(correct[rows].mean()))
-            found[2].append(float(rows.sum()))
-    return found
-
-
 def plot_reliability(
     curves: Sequence[tuple[str, np.ndarray]], y: np.ndarray, path: Path, *,
     replace: bool = True, title: str = "reliability (15 equal-width bins)",
@@ -67,11 +49,11 @@ def plot_reliability(
 
 def _reliability(axes: Any, curves: Sequence[tuple[str, np.ndarray]], y: np.ndarray,
                  title: str) -> None:
-    from fuse_cli.calibration import ece
+    from fuse_cli.calibration import ece, reliability
 
     axes.plot([0, 1], [0, 1], ":", color="gray", label="calibrated")
     for label, p in curves:
-        confidence, accuracy, _ = reliability_curve(p, y)
+        confidence, accuracy, _ = reliability(p, y)
         axes.plot(confidence, accuracy, "o-", markersize=3,
                   label=f"{label} (ECE {ece(p, y):.4f})")
     axes.set_xlabel("confidence (top probability)")
