@@ -16,7 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fuse_cli.images import ImageOptions, image_batches, read_image_folder  # noqa: E402
+from fuse_cli.image_pass import image_batches  # noqa: E402
+from fuse_cli.images import ImageOptions, read_image_folder  # noqa: E402
 
 
 def main() -> None:

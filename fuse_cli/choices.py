@@ -55,3 +55,10 @@ class Backend(str, Enum):
     TENSORFLOW = "tensorflow"
     JAX = "jax"
     TORCH = "torch"
+
+
+class EngineKind(str, Enum):
+    """Where `fuse evaluate` and `fuse tune` run their pass over the data."""
+
+    LOCAL = "local"
+    RAY = "ray"

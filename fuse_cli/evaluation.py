@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,17 +18,18 @@ import numpy as np
 from fuse_cli.calibration import scores as calibration_scores
 from fuse_cli.compatibility import input_specs, output_specs, shape_text
 from fuse_cli.data import Dataset, check_inputs, class_labels, read_data
+from fuse_cli.engines import EngineOptions, check_engine, open_engine
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError, first_line
 from fuse_cli.files import Destination, check_destinations
 from fuse_cli.formats import check_keras, check_model_path, load_model
 from fuse_cli.formula import prediction_batch
+from fuse_cli.image_pass import predict_folder, predict_table
 from fuse_cli.images import (
     ImageFolder,
     ImageOptions,
     folder_labels,
     image_inputs,
     own_scaling,
-    predict_folder,
     read_image_folder,
     scale_warning,
     screen_images,
@@ -37,14 +38,18 @@ from fuse_cli.images import (
 from fuse_cli.predictions import Predictions, save_predictions
 from fuse_cli.report import Advance, Progress, file_labels
 from fuse_cli.search import are_probabilities, score
+from fuse_cli.tables import ImageTable, is_table, read_table, table_labels
 
 if TYPE_CHECKING:
     import keras
 
+    from fuse_cli.engines import Engine
+
 BATCH_SIZE = 256  # rows of an .npz file per predict batch
 IMAGE_BATCH_SIZE = 32  # images per batch, as keras.utils.image_dataset_from_directory
 
-Data = Dataset | ImageFolder
+Data = Dataset | ImageFolder | ImageTable
+Images = (ImageFolder, ImageTable)  # the data kinds read as encoded images
 
 
 @dataclass
@@ -156,6 +161,11 @@ def read_any(path: str | Path, images: ImageOptions | None = None) -> Data:
         DataError, DataLoadError: See `read_data` and `read_image_folder`.
     """
     path = Path(path)
+    if is_table(path):
+        if images is not None and (images.class_names or images.validation_split is not None):
+            raise UsageError("--class-names and --validation-split apply to a folder of "
+                             f"images; {path} is Parquet (its 'label' column gives classes)")
+        return read_table(path)
     if path.is_dir():
         folder = read_image_folder(path, images.class_names if images is not None else None)
         folder = split_folder(folder, images) if images is not None else folder
@@ -177,6 +187,12 @@ def check_data(data: Data, model: keras.Model, shape: tuple[int | None, ...], la
     if isinstance(data, ImageFolder):
         image_inputs(input_specs(model), label)
         folder_labels(data, shape, label)
+    elif isinstance(data, ImageTable):
+        image_inputs(input_specs(model), label)
+        if len(shape) != 1:
+            raise DataError(f"{label}: outputs {tuple(shape)} per image; a Parquet table "
+                            "scores one class vector per image")
+        table_labels(data, shape[0], label)
     else:
         check_inputs(data, input_specs(model), label)
 
@@ -189,31 +205,45 @@ def model_outputs(
     batch_size: int | None = None,
     images: ImageOptions | None = None,
     advance: Advance | None = None,
+    engine: Engine | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run one model once over the data: its output, the labels, and the rows they cover.
 
-    Every row of an .npz file; a folder's images less those that cannot be decoded
-    (with `skip_bad`).
+    Every row of an .npz file; a folder's or table's images less those that cannot be
+    decoded (with `skip_bad`). The pass runs on `engine` (`fuse_cli.engines`), or here.
 
     Raises:
         DataError, DataLoadError, IncompatibleModelsError: See `check_data` and `predict`.
     """
     shape = output_shape(model, label)
     check_data(data, model, shape, label)
-    if isinstance(data, ImageFolder):
-        sizes = image_inputs(input_specs(model), label)
-        batch = prediction_batch(model, batch_size or IMAGE_BATCH_SIZE, label)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            output, rows = predict_folder(model, data, label=label, sizes=sizes,
-                                          options=images or ImageOptions(),
-                                          batch_size=batch, advance=advance)
-        check_finite(output, label, data.name)
-        return output, data.labels[rows], rows
-    found = labels_for(data, shape, label)
-    output = predict(model, data, label=label, advance=advance,
-                     batch_size=prediction_batch(model, batch_size or BATCH_SIZE, label))
-    return output, checked_labels(data, output, found, label), np.arange(data.rows)
+    found = labels_for(data, shape, label) if isinstance(data, Dataset) else None
+    default = IMAGE_BATCH_SIZE if isinstance(data, Images) else BATCH_SIZE
+    batch = prediction_batch(model, batch_size or default, label)
+    run = engine.outputs if engine is not None else local_outputs
+    output, rows = run(model, data, label=label, batch_size=batch,
+                       images=images or ImageOptions(), advance=advance)
+    check_finite(output, label, data.name)
+    if isinstance(data, Dataset):
+        return output, checked_labels(data, output, found, label), rows
+    return output, data.labels[rows], rows
+
+
+def local_outputs(
+    model: keras.Model, data: Data, *, label: str, batch_size: int, images: ImageOptions,
+    advance: Advance | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The local engine: the pass in this process. The output rows, and the rows of the
+    data they belong to (sorted)."""
+    if isinstance(data, Dataset):
+        output = predict(model, data, label=label, advance=advance, batch_size=batch_size)
+        return output, np.arange(data.rows)
+    reader = predict_folder if isinstance(data, ImageFolder) else predict_table
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return reader(model, data, label=label,  # type: ignore[arg-type]
+                      sizes=image_inputs(input_specs(model), label), options=images,
+                      batch_size=batch_size, advance=advance)
 
 
 def check_finite(output: np.ndarray, label: str, name: str) -> None:
@@ -245,19 +275,21 @@ def restrict(
 
 
 def data_notes(data: Data) -> list[str]:
-    """Warnings about files a folder left out: not images, or (skipped) undecodable."""
-    if not isinstance(data, ImageFolder):
+    """Warnings about files a folder left out (not images) and images (skipped) that
+    cannot be decoded."""
+    if isinstance(data, Dataset):
         return []
     notes = []
-    if data.ignored:
+    if isinstance(data, ImageFolder) and data.ignored:
         notes.append(f"{data.name}: ignored {len(data.ignored)} file"
                      f"{'s' if len(data.ignored) != 1 else ''} without an image extension "
                      f"(.bmp .gif .jpeg .jpg .png), e.g. {data.ignored[0]}")
     if data.bad:
         row = min(data.bad)
+        where = data.files[row] if isinstance(data, ImageFolder) else data.row_name(row)
         notes.append(f"{data.name}: skipped {len(data.bad)} image"
                      f"{'s' if len(data.bad) != 1 else ''} that cannot be decoded "
-                     f"(--skip-bad-images), e.g. {data.files[row]}: {data.bad[row]}")
+                     f"(--skip-bad-images), e.g. {where}: {data.bad[row]}")
     return notes
 
 
@@ -274,6 +306,7 @@ class EvaluateRequest:
     save: Path | None
     force: bool
     plot: Path | None = None
+    engine: EngineOptions = EngineOptions()
 
 
 def check_evaluate(
@@ -286,6 +319,7 @@ def check_evaluate(
     save: Path | None = None,
     force: bool = False,
     plot: Path | None = None,
+    engine: EngineOptions | None = None,
 ) -> EvaluateRequest:
     """Every check `fuse evaluate` makes before a model loads (no Keras needed): options,
     the `--save-predictions` destination, the model paths, and the data, read.
@@ -297,6 +331,8 @@ def check_evaluate(
     if not files:
         raise UsageError("give at least one model to evaluate")
     check_batch_size(batch_size)
+    engine = replace(engine or EngineOptions(), unsafe=unsafe)
+    check_engine(engine)
     writes = [Destination("--save-predictions", save)] if save is not None else []
     if plot is not None:
         from fuse_cli.plotting import check_plot
@@ -308,7 +344,7 @@ def check_evaluate(
     for path in files:
         check_model_path(path)
     return EvaluateRequest(tuple(files), Path(data_path), data, batch_size, unsafe, images,
-                           save, force, plot)
+                           save, force, plot, engine)
 
 
 def evaluate_files(
@@ -360,20 +396,22 @@ def evaluate(
     batch_size, images = request.batch_size, request.images
     check_keras()
     runs, digests, scaling = [], [], []
-    for path, label in zip(files, file_labels(files), strict=True):
-        say(f"loading {path}")
-        loaded = load_model(path, unsafe=request.unsafe)
-        model = loaded.model
-        digests.append(loaded.sha256)
-        say(f"predicting with {label}")
-        runs.append((model_outputs(model, data, label=label, batch_size=batch_size,
-                                   images=images, advance=advance), model.name))
-        scaling.append(own_scaling(model))
-        del model, loaded
+    with open_engine(request.engine) as engine:
+        for path, label in zip(files, file_labels(files), strict=True):
+            say(f"loading {path}")
+            loaded = load_model(path, unsafe=request.unsafe)
+            model = loaded.model
+            digests.append(loaded.sha256)
+            say(f"predicting with {label}")
+            runs.append((model_outputs(model, data, label=label, batch_size=batch_size,
+                                       images=images, advance=advance, engine=engine),
+                         model.name))
+            scaling.append(own_scaling(model))
+            del model, loaded
     rows = common_rows([r for r, _ in runs])
     models, outputs, labels, notes = _scores(runs, rows, file_labels(files))
     notes = data_notes(data) + notes
-    if isinstance(data, ImageFolder):
+    if isinstance(data, Images):
         warning = scale_warning(file_labels(files), scaling, images)
         notes += [warning] if warning else []
     if save is not None:
@@ -396,7 +434,7 @@ def evaluate(
         models=models,
         elapsed_seconds=time.perf_counter() - start,
         warnings=notes,
-        skipped=len(data.bad) if isinstance(data, ImageFolder) else 0,
+        skipped=len(data.bad) if isinstance(data, Images) else 0,
         predictions=str(save) if save is not None else None,
         plot=str(request.plot) if request.plot is not None else None,
     )

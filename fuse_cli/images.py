@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -35,11 +34,9 @@ from fuse_cli.errors import (
     DataLoadError,
     IncompatibleModelsError,
     UsageError,
-    first_line,
 )
 from fuse_cli.files import within
 from fuse_cli.image_headers import MAX_PIXELS, declared_size
-from fuse_cli.report import Advance
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # keras.utils.image_dataset...
 CHANNELS = {1: "grayscale", 3: "rgb", 4: "rgba"}
@@ -233,7 +230,7 @@ def screen_images(folder: ImageFolder, *, skip_bad: bool = False) -> None:
     """
     inside = os.path.realpath(folder.path)
     for row, file in enumerate(folder.files):
-        reason = _refusal(file, inside)
+        reason = refusal(file, inside)
         if reason is None:
             continue
         if not skip_bad:
@@ -241,7 +238,7 @@ def screen_images(folder: ImageFolder, *, skip_bad: bool = False) -> None:
         folder.bad[row] = reason
 
 
-def _refusal(file: str, inside: str) -> str | None:
+def refusal(file: str, inside: str) -> str | None:
     """Why one listed file is not read as an image, or None."""
     try:
         mode = os.stat(file).st_mode
@@ -253,9 +250,16 @@ def _refusal(file: str, inside: str) -> str | None:
         return "not a regular file (a FIFO, device or socket)"
     try:
         with open(file, "rb") as f:
-            declared = declared_size(f)
+            return declared_refusal(f)
     except OSError as exc:
         return f"cannot be read: {exc.strerror or exc}"
+
+
+def declared_refusal(stream: BinaryIO) -> str | None:
+    """Why an image is not decoded, from its header alone: it declares more than
+    `MAX_PIXELS` pixels (frames included); None otherwise (unknown headers included: the
+    decoder then says what it finds)."""
+    declared = declared_size(stream)
     if declared is not None and declared.pixels > MAX_PIXELS:
         frames = f" x {declared.frames} frames" if declared.frames > 1 else ""
         return (f"a {declared.format} image that declares {declared.width:,} x "
@@ -377,119 +381,3 @@ def scale_warning(
         parts.append(f"{', '.join(twice)}: rescales its pixels itself, and --rescale "
                      "scales them again: leave --rescale out unless it was trained so")
     return "; ".join(parts) or None
-
-
-def image_batches(folder: ImageFolder, rows: np.ndarray, sizes: Sequence[tuple[int, int, int]],
-                  options: ImageOptions, batch_size: int) -> Any:
-    """(images, positions) batches, the images once per size in `sizes` (a tuple when
-    several); an image that fails to read or decode is dropped."""
-    import tensorflow as tf
-
-    from fuse_cli.formats._keras_private import smart_resize
-
-    scale = options.rescale
-    offset = options.offset
-
-    def one(data: Any, size: tuple[int, int, int]) -> Any:
-        height, width, channels = size
-        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-        if options.crop_to_aspect_ratio:  # Keras's own crop, as its folder loader does
-            image = smart_resize(image, (height, width), options.interpolation)
-        else:
-            image = tf.image.resize(image, (height, width), method=options.interpolation)
-        image.set_shape((height, width, channels))
-        if scale is not None:
-            image = image * scale
-        if offset is not None:
-            image = image + offset
-        return image
-
-    def load(path: Any, position: Any) -> tuple[Any, Any]:
-        data = tf.io.read_file(path)
-        images = tuple(one(data, size) for size in sizes)
-        return (images if len(images) > 1 else images[0]), position
-
-    paths = [folder.files[r] for r in rows]
-    ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(rows), dtype=np.int64)))
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors()
-    return ds.batch(batch_size).prefetch(2)
-
-
-def decode_error(file: str) -> str:
-    """Why one file cannot be read or decoded as an image (read again, eagerly)."""
-    import tensorflow as tf
-
-    try:
-        tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
-    except (tf.errors.OpError, ValueError) as exc:
-        return without_op_internals(first_line(getattr(exc, "message", None) or exc))
-    return "cannot be decoded"
-
-
-def without_op_internals(message: str) -> str:
-    """A TensorFlow op error as a person reads it: without the `{{function_node ...}}`
-    prefix and the `[Op:DecodeImage]` suffix TensorFlow adds."""
-    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
-    message = re.sub(r"\s*\[Op:[A-Za-z0-9_]+\](\s*name:.*)?$", "", message)
-    return message.strip() or "cannot be decoded"
-
-
-def predict_folder(
-    model: Any,
-    folder: ImageFolder,
-    *,
-    label: str,
-    sizes: Sequence[tuple[int, int, int]],
-    options: ImageOptions,
-    batch_size: int,
-    advance: Advance | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run `model` over the folder's images (less those already known bad), batched.
-
-    Returns:
-        The output rows and the folder rows they belong to (sorted).
-
-    Raises:
-        DataLoadError: An image cannot be read or decoded (without `skip_bad`).
-    """
-    rows = np.array([r for r in range(folder.rows) if r not in folder.bad], dtype=np.int64)
-    total = len(rows)
-    outputs: list[np.ndarray] = []
-    kept: list[np.ndarray] = []
-    expected = 0
-    if advance is not None:
-        advance(label, 0, total)
-    for images, positions in image_batches(folder, rows, sizes, options, batch_size):
-        found = positions.numpy()
-        if found[-1] - expected + 1 != len(found):
-            _missing(folder, rows, expected, found, options)
-        expected = int(found[-1]) + 1
-        batch = model.predict_on_batch(list(images) if isinstance(images, tuple) else images)
-        outputs.append(np.asarray(batch[0] if isinstance(batch, list | tuple) else batch))
-        kept.append(rows[found])
-        if advance is not None:
-            advance(label, expected, total)
-    if expected != total:
-        _missing(folder, rows, expected, np.array([total]), options)
-    if not outputs:
-        raise DataError(f"{folder.path}: none of its {folder.rows} images can be decoded")
-    return np.concatenate(outputs), np.concatenate(kept)
-
-
-def _missing(folder: ImageFolder, rows: np.ndarray, expected: int, found: np.ndarray,
-             options: ImageOptions) -> None:
-    """Name (or, with `skip_bad`, record) the images the pipeline dropped."""
-    present = set(found.tolist())
-    last = int(found[-1])
-    for position in range(expected, last):
-        if position in present:
-            continue
-        row = int(rows[position])
-        reason = decode_error(folder.files[row])
-        if not options.skip_bad:
-            raise DataLoadError(
-                f"{folder.files[row]}: cannot be read as an image: {reason} "
-                "(--skip-bad-images leaves such files out)"
-            )
-        folder.bad[row] = reason

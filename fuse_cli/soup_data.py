@@ -16,11 +16,14 @@ import numpy as np
 
 from fuse_cli.compatibility import input_specs
 from fuse_cli.data import Dataset, check_inputs
+from fuse_cli.errors import UsageError
 from fuse_cli.evaluation import BATCH_SIZE, IMAGE_BATCH_SIZE, Data, read_any
 from fuse_cli.formula import prediction_batch
-from fuse_cli.images import ImageFolder, ImageOptions, image_batches, image_inputs
+from fuse_cli.image_pass import image_batches
+from fuse_cli.images import ImageFolder, ImageOptions, image_inputs
 from fuse_cli.report import Advance, Progress
 from fuse_cli.soup import recompute_batchnorm
+from fuse_cli.tables import ImageTable
 
 if TYPE_CHECKING:
     import keras
@@ -72,6 +75,9 @@ def input_batches(
 ) -> Iterator[Any]:
     """The data's inputs in batches, as the model takes them (labels unused)."""
     specs = input_specs(model)
+    if isinstance(data, ImageTable):
+        raise UsageError(f"--recompute-bn reads an .npz file or a folder of images; "
+                         f"{data.name} is Parquet")
     if isinstance(data, ImageFolder):
         sizes = image_inputs(specs, label)
         batch = prediction_batch(model, options.batch_size or IMAGE_BATCH_SIZE, label)

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fuse_cli.calibration import Calibration, calibrate_search
-from fuse_cli.choices import Calibrate, InputsMode, Metric, Mode
+from fuse_cli.choices import Calibrate, EngineKind, InputsMode, Metric, Mode
 from fuse_cli.data import SPLIT_SEED
+from fuse_cli.engines import Engine, EngineOptions, check_engine, open_engine
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
     Advance,
     Data,
+    Images,
     check_batch_size,
     check_data,
     common_rows,
@@ -39,12 +41,7 @@ from fuse_cli.files import Destination
 from fuse_cli.formats import load_models
 from fuse_cli.formula import apply_activation
 from fuse_cli.image_input import pipeline_options, wrapped_members
-from fuse_cli.images import (
-    ImageFolder,
-    ImageOptions,
-    own_scaling,
-    scale_warning,
-)
+from fuse_cli.images import ImageOptions, own_scaling, scale_warning
 from fuse_cli.merge import execute
 from fuse_cli.planning import (
     MergeOptions,
@@ -70,6 +67,8 @@ from fuse_cli.tuning_records import (
 )
 
 if TYPE_CHECKING:
+    import keras
+
     from fuse_cli.soup_tuning import SoupTuneReport
 
 HOLDOUT = 0.0
@@ -95,6 +94,8 @@ class TuneOptions:
     even_if_worse: bool = False
     # Fit a temperature on the ensemble's out-of-fold probabilities and bake it in.
     calibrate: Calibrate = Calibrate.NONE
+    # Where the members' pass over the data runs (`fuse_cli.engines`).
+    engine: EngineOptions = field(default_factory=EngineOptions)
 
     @property
     def mode(self) -> Mode:
@@ -177,6 +178,10 @@ def check_tune_options(options: TuneOptions) -> list[Destination]:
     if options.cv == 1 or options.cv < 0:
         raise UsageError(f"--cv must be 0 (one search) or at least 2 folds; got {options.cv}")
     check_batch_size(options.batch_size)
+    if options.engine.kind is not EngineKind.LOCAL and options.predictions is not None:
+        raise UsageError("--engine ray runs the pass over --data; --predictions were "
+                         "computed already")
+    check_engine(options.engine)
     if options.plot is None:
         return []
     from fuse_cli.plotting import check_plot
@@ -361,7 +366,7 @@ def _notes(data: Data | None, plan: MergePlan, search: Search, options: TuneOpti
     """The warnings of a tune: the data, the search, the scaling, members left out."""
     notes = ([] if data is None else data_notes(data)) + search_warnings(
         list(plan.labels), search, options.metric.value, kept)
-    if isinstance(data, ImageFolder):
+    if isinstance(data, Images):
         warning = scale_warning(plan.labels, [own_scaling(m) for m in plan.models],
                                 options.images)
         notes += [warning] if warning else []
@@ -397,10 +402,10 @@ def _member_outputs(
         check_data(data, model, heads[0].shape, label)
 
     runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for model, label, added in zip(models, labels, combination.transforms, strict=True):
-        say(f"predicting with {label}")
-        run = model_outputs(model, data, label=label, batch_size=options.batch_size,
-                            images=images, advance=advance)
+    with open_engine(replace(options.engine, unsafe=options.merge.unsafe)) as engine:
+        found = [_run(model, label, data, options, images, say, advance, engine)
+                 for model, label in zip(models, labels, strict=True)]
+    for run, label, added in zip(found, labels, combination.transforms, strict=True):
         # `--to-probabilities`: search on what the merged model will compute.
         output = apply_activation(run[0].astype(np.float64), added[0]).astype(run[0].dtype)
         run = (output, run[1], run[2])
@@ -414,6 +419,14 @@ def _member_outputs(
     rows = common_rows(runs)
     kept = [restrict(run, rows) for run in runs]
     return [output for output, _ in kept], kept[0][1], rows
+
+
+def _run(model: keras.Model, label: str, data: Data, options: TuneOptions,
+         images: ImageOptions | None, say: Progress, advance: Advance | None,
+         engine: Engine | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    say(f"predicting with {label}")
+    return model_outputs(model, data, label=label, batch_size=options.batch_size,
+                         images=images, advance=advance, engine=engine)
 
 
 def _check_scorable(output: np.ndarray, label: str, name: str, options: TuneOptions) -> None:

@@ -10,6 +10,7 @@ from fuse_cli.data import SPLIT_SEED, Dataset
 from fuse_cli.formats import sha256_of
 from fuse_cli.images import CHANNELS, ImageFolder, ImageOptions, image_input
 from fuse_cli.provenance import tuning_record
+from fuse_cli.tables import ImageTable
 
 if TYPE_CHECKING:
     from fuse_cli.evaluation import Data
@@ -24,7 +25,7 @@ def preprocessing_record(
 ) -> dict[str, Any] | None:
     """What was done to a folder's images before each member saw them (None for arrays):
     the provenance keeps it so whoever runs the file does the same."""
-    if not isinstance(data, ImageFolder):
+    if not isinstance(data, ImageFolder | ImageTable):
         return None
     images = options.images or ImageOptions()
     sizes = [image_input(input_specs(m.model), label)
@@ -48,7 +49,7 @@ def source_kind(saved: Predictions | None, data: Data | None) -> str:
     """`predictions`, `images` or `data` (an .npz file): what the rows came from."""
     if saved is not None:
         return "predictions"
-    return "images" if isinstance(data, ImageFolder) else "data"
+    return "images" if isinstance(data, ImageFolder | ImageTable) else "data"
 
 
 def describe_source(saved: Predictions | None, data: Data | None, rows: int) -> dict[str, Any]:
@@ -59,6 +60,9 @@ def describe_source(saved: Predictions | None, data: Data | None, rows: int) -> 
     if isinstance(data, ImageFolder):
         return {"file": data.name + "/", "rows": rows, "classes": len(data.classes),
                 "skipped": len(data.bad), "kind": "images"}
+    if isinstance(data, ImageTable):
+        return {"file": data.name, "rows": rows, "parts": len(data.parts),
+                "skipped": len(data.bad), "kind": "parquet"}
     assert isinstance(data, Dataset)
     return {"file": data.path.name, "sha256": sha256_of(data.path), "rows": rows, "kind": "npz"}
 

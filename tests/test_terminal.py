@@ -34,7 +34,7 @@ def test_a_file_given_twice_gets_distinct_short_names(
 
 
 def test_a_corrupt_image_is_named_without_tensorflow_internals(tmp_path: Path) -> None:
-    from fuse_cli.images import decode_error
+    from fuse_cli.image_pass import decode_error
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)

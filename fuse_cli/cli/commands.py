@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fuse_cli import render
-from fuse_cli.choices import Backend, Calibrate, ExportFormat, InputsMode, Metric, Mode
+from fuse_cli.choices import Backend, Calibrate, EngineKind, ExportFormat, InputsMode, Metric, Mode
 from fuse_cli.cli.app import app, command, emit, import_keras_quietly, quiet_retracing
 from fuse_cli.cli.options import (
+    AddressOption,
     AllowMixedOption,
     AssumeNonnegativeOption,
     BatchSizeOption,
@@ -23,6 +24,7 @@ from fuse_cli.cli.options import (
     CropOption,
     DataOption,
     DebugOption,
+    EngineOption,
     FileNamesAreNotOptions,
     InputsOption,
     InterpolationOption,
@@ -43,12 +45,14 @@ from fuse_cli.cli.options import (
     ToProbabilitiesOption,
     UnsafeOption,
     ValidationSplitOption,
+    WorkersOption,
+    engine_options,
+    image_options,
     merge_options,
 )
 from fuse_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from fuse_cli.images import ImageOptions
     from fuse_cli.report import MergeReport
 
 
@@ -125,7 +129,7 @@ def merge(
             raise UsageError("--recompute-bn needs --data" if recompute_bn else
                              "--data is read by --recompute-bn only (fuse tune chooses "
                              "weights from data)")
-        images = _image_options(rescale, offset, False, "bilinear", False,
+        images = image_options(rescale, offset, False, "bilinear", False,
                                 None, (None, None, None))
         options = merge_options(
             mode=mode, inputs=inputs, weight=weight, weights=weights, renormalize=renormalize,
@@ -280,20 +284,6 @@ def verify_command(
 # --- evaluate and tune ---
 
 
-def _image_options(
-    scale: str | None, offset: float | None, skip_bad: bool, interpolation: str,
-    crop: bool, class_names: str | None, split: tuple[float | None, str | None, int | None],
-) -> ImageOptions:
-    from fuse_cli.image_input import parse_scale  # numpy, not Keras
-    from fuse_cli.images import ImageOptions
-
-    names = tuple(n.strip() for n in class_names.split(",")) if class_names is not None else None
-    return ImageOptions(rescale=parse_scale(scale), offset=offset, skip_bad=skip_bad,
-                        interpolation=interpolation.lower(), crop_to_aspect_ratio=crop,
-                        class_names=names, validation_split=split[0], subset=split[1],
-                        seed=split[2])
-
-
 @app.command("evaluate", cls=FileNamesAreNotOptions)
 def evaluate_command(
     models: Annotated[
@@ -328,6 +318,9 @@ def evaluate_command(
         bool, typer.Option("--force", help="Replace the --save-predictions file (and the "
                            "plot) if it exists.")
     ] = False,
+    engine: EngineOption = EngineKind.LOCAL,
+    workers: WorkersOption = None,
+    address: AddressOption = None,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -345,17 +338,19 @@ def evaluate_command(
       fuse evaluate a.keras b.keras --data photos/ --rescale 1/127.5 --offset -1
 
       fuse evaluate a.keras b.keras --data photos/ --save-predictions p.npz
+
+      fuse evaluate a.keras b.keras --data shards/ --engine ray --workers 2
     """
     with command("evaluate", debug=debug, json_output=json_output):
         from fuse_cli.evaluation import check_evaluate, evaluate
 
-        images = _image_options(rescale, offset, skip_bad_images, interpolation,
+        images = image_options(rescale, offset, skip_bad_images, interpolation,
                                 crop_to_aspect_ratio, class_names,
                                 (validation_split, subset, seed))
         # Every check that needs no model (the data read too), before TensorFlow.
         request = check_evaluate(models, data, batch_size=batch_size, unsafe=unsafe,
                                  images=images, save=save_predictions, force=force,
-                                 plot=plot)
+                                 plot=plot, engine=engine_options(engine, workers, address, debug))
         import_keras_quietly(debug)
         quiet_retracing(debug)
         emit("evaluate", json_output,
@@ -443,6 +438,9 @@ def tune_command(
                            help="Soup: write the soup even if it does not beat the best "
                            "member (by default that is exit 4, nothing written).")
     ] = False,
+    engine: EngineOption = EngineKind.LOCAL,
+    workers: WorkersOption = None,
+    address: AddressOption = None,
     unsafe: UnsafeOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -466,7 +464,7 @@ def tune_command(
       fuse tune run1.keras run2.keras run3.keras --mode soup --data val.npz -o soup.keras
     """
     with command("tune", debug=debug, json_output=json_output):
-        images = _image_options(rescale, offset, skip_bad_images, interpolation,
+        images = image_options(rescale, offset, skip_bad_images, interpolation,
                                 crop_to_aspect_ratio, class_names,
                                 (validation_split, subset, seed))
         if recompute_bn and data is None:
@@ -485,10 +483,12 @@ def tune_command(
                               batch_size=batch_size, images=images,
                               predictions=predictions, plot=plot,
                               keep_zero_weights=keep_zero_weights,
-                              even_if_worse=even_if_worse, calibrate=calibrate)
+                              even_if_worse=even_if_worse, calibrate=calibrate,
+                              engine=engine_options(engine, workers, address, debug))
         request = check_tune(models, data, output, options)  # before TensorFlow
         import_keras_quietly(debug)
         quiet_retracing(debug)
         emit("tune", json_output,
              lambda say, advance: tune(request, progress=say, advance=advance),
              render.print_tune_report, bars=True)
+

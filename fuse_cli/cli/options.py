@@ -15,10 +15,11 @@ import typer
 from typer.core import TyperCommand
 
 from fuse_cli import render
-from fuse_cli.choices import ExportFormat, InputsMode, Mode
+from fuse_cli.choices import EngineKind, ExportFormat, InputsMode, Mode
 from fuse_cli.errors import UsageError
 
 if TYPE_CHECKING:
+    from fuse_cli.engines import EngineOptions
     from fuse_cli.images import ImageOptions
     from fuse_cli.planning import MergeOptions
 
@@ -104,7 +105,26 @@ DataOption = Annotated[
                  help="An .npz file: 'x' (or 'x0', 'x1', ... for several inputs) and 'y' "
                  "(class indices or one-hot), one row per example; or a folder of images "
                  "with one subfolder per class (keras.utils.image_dataset_from_directory), "
-                 "streamed and resized to each model's input size."),
+                 "streamed and resized to each model's input size; or Parquet (a file or "
+                 "folder) with 'image' (encoded bytes) and 'label' columns."),
+]
+EngineOption = Annotated[
+    EngineKind,
+    typer.Option("--engine", case_sensitive=False,
+                 help="Where the pass over --data runs: local (this process) or ray (Ray "
+                 "Data: an actor pool per model, on this machine or a cluster; needs pip "
+                 "install 'fuse-cli\\[ray]')."),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option("--workers", metavar="N", show_default=False,
+                 help="--engine ray: actors per model, each loading it once (default 1)."),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", metavar="ADDRESS", show_default=False,
+                 help="--engine ray: a running cluster (auto, HOST:PORT or ray://HOST:PORT). "
+                 "Default: start Ray on this machine's cores and stop it after."),
 ]
 BatchSizeOption = Annotated[
     int | None,
@@ -258,6 +278,7 @@ PANELS = {
     **dict.fromkeys(("metric", "cv", "holdout", "plot", "keep_zero_weights", "calibrate",
                      "batch_size"), _SEARCH),
     **dict.fromkeys(("recompute_bn", "even_if_worse"), _SOUP),
+    **dict.fromkeys(("engine", "workers", "address"), "Engine (the pass over --data)"),
     **dict.fromkeys(("unsafe", "json_output", "debug"), "Safety and reports"),
 }
 # In merge, the data options serve --recompute-bn only.
@@ -286,3 +307,24 @@ def refuse_options_named_like_files(args: list[str]) -> None:
             raise typer.Exit(2)
 
 
+def image_options(
+    scale: str | None, offset: float | None, skip_bad: bool, interpolation: str,
+    crop: bool, class_names: str | None, split: tuple[float | None, str | None, int | None],
+) -> ImageOptions:
+    """The image options of evaluate and tune, as checked (`--rescale` parsed)."""
+    from fuse_cli.image_input import parse_scale  # numpy, not Keras
+    from fuse_cli.images import ImageOptions
+
+    names = tuple(n.strip() for n in class_names.split(",")) if class_names is not None else None
+    return ImageOptions(rescale=parse_scale(scale), offset=offset, skip_bad=skip_bad,
+                        interpolation=interpolation.lower(), crop_to_aspect_ratio=crop,
+                        class_names=names, validation_split=split[0], subset=split[1],
+                        seed=split[2])
+
+
+def engine_options(kind: EngineKind, workers: int | None, address: str | None,
+            debug: bool) -> EngineOptions:
+    """`--engine`, `--workers`, `--address` as one value (checked later, with the request)."""
+    from fuse_cli.engines import EngineOptions
+
+    return EngineOptions(kind=EngineKind(kind), workers=workers, address=address, debug=debug)
