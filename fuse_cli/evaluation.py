@@ -408,9 +408,10 @@ def evaluate(
                          model.name))
             scaling.append(own_scaling(model))
             del model, loaded
+        engine_notes = engine.notes if engine is not None else []
     rows = common_rows([r for r, _ in runs])
     models, outputs, labels, notes = _scores(runs, rows, file_labels(files))
-    notes = data_notes(data) + notes
+    notes = data_notes(data) + notes + engine_notes
     if isinstance(data, Images):
         warning = scale_warning(file_labels(files), scaling, images)
         notes += [warning] if warning else []

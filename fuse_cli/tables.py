@@ -108,10 +108,17 @@ def read_table(path: str | Path) -> ImageTable:
     path = Path(path)
     parts = _parts(path)
     counts, labels = [], []
+    kinds: list[Any] = []
     for part in parts:
         try:
             file = pq.ParquetFile(part)
             _check_part(part, file)
+            kinds.append([file.schema_arrow.field(c).type for c in ("image", "label")])
+            if kinds[-1] != kinds[0]:
+                raise DataError(f"{part}: its 'image' and 'label' columns are "
+                                f"{', '.join(map(str, kinds[-1]))}, but {parts[0]}'s are "
+                                f"{', '.join(map(str, kinds[0]))}: the parts of a table "
+                                "share one schema")
             column = file.read(columns=["label"]).column("label")
         except (OSError, ValueError) as exc:  # pyarrow's ArrowException derives from these
             raise DataLoadError(f"{part}: cannot be read as Parquet: {first_line(exc)}") from None

@@ -296,11 +296,12 @@ def tune(
     output_shape(loaded[0].model, plan.labels[0])  # tune scores one output
     parts = {"load and check": time.perf_counter() - clock}
     clock = time.perf_counter()
+    engine_notes: list[str] = []  # what the engine saw (Ray: workers that died)
     if saved is not None:
         outputs, y = _saved_outputs(plan, saved, options)
     else:
         assert data is not None
-        outputs, y, rows = _member_outputs(plan, data, options, say, advance)
+        outputs, y, rows = _member_outputs(plan, data, options, say, advance, engine_notes)
     parts["predict"] = time.perf_counter() - clock
     if not plan.method.combines_outputs and data is not None:  # a soup: measured
         from fuse_cli.soup_data import tune_soup
@@ -314,7 +315,7 @@ def tune(
     calibration = _calibrate(outputs, y, search, plan, options, say)
     parts["search"] = time.perf_counter() - clock
     kept = _kept(search.weights, options)
-    notes = _notes(data, plan, search, options, kept)
+    notes = _notes(data, plan, search, options, kept) + engine_notes
     tuning = tuning_of_search(describe_source(saved, data, len(y)), search, options)
     if calibration is not None:
         tuning["calibration"] = calibration.to_dict()
@@ -389,6 +390,7 @@ def _member_outputs(
     options: TuneOptions,
     say: Progress,
     advance: Advance | None,
+    notes: list[str],
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Check every member against the data, then run each once; outputs, labels, and
     the rows they cover."""
@@ -405,6 +407,7 @@ def _member_outputs(
     with open_engine(replace(options.engine, unsafe=options.merge.unsafe)) as engine:
         found = [_run(model, label, data, options, images, say, advance, engine)
                  for model, label in zip(models, labels, strict=True)]
+        notes += engine.notes if engine is not None else []
     for run, label, added in zip(found, labels, combination.transforms, strict=True):
         # `--to-probabilities`: search on what the merged model will compute.
         output = apply_activation(run[0].astype(np.float64), added[0]).astype(run[0].dtype)

@@ -36,6 +36,11 @@ CONNECT_SECONDS = 5.0  # an --address that does not answer in this time is unrea
 class Engine(Protocol):
     """Runs one model over the data: its output rows and the data rows they belong to."""
 
+    @property
+    def notes(self) -> list[str]:
+        """What the engine saw that the report should say (Ray: workers that died)."""
+        ...
+
     def outputs(self, model: Any, data: Any, *, label: str, batch_size: int,
                 images: ImageOptions, advance: Advance | None) -> tuple[np.ndarray, np.ndarray]:
         ...

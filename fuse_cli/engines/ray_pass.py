@@ -74,10 +74,37 @@ def ray_session(options: EngineOptions) -> Iterator[RayEngine]:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # fuse's own row shows rows done and rows/s
     context.execution_options.preserve_order = True
+    engine = RayEngine(options)
     try:
-        yield RayEngine(options)
+        with _raylet_messages(engine.seen, enabled=not options.debug):
+            yield engine
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def _raylet_messages(seen: list[str], *, enabled: bool) -> Iterator[None]:
+    """Keep the raylet's messages (a worker died, and so on) off stdout, where Ray prints
+    them from a thread of its own and where they would break `--json`: collected for
+    the report instead. Ray's private hook; without it, Ray prints as it does."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if not enabled or original is None:
+        yield
+        return
+
+    def collect(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            seen.extend(str(line) for line in data.get("lines", []))
+        else:
+            original(data, ignore_prefix)
+
+    worker.print_to_stdstream = collect
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original
 
 
 def _init(ray: Any, options: EngineOptions, settings: dict[str, Any]) -> None:
@@ -93,6 +120,23 @@ class RayEngine:
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
+        self.seen: list[str] = []  # the raylet's messages, so far
+
+    @property
+    def notes(self) -> list[str]:
+        """The raylet's messages as the report says them: workers that died (Ray ran
+        their batches again; the rows were checked, none lost or repeated), or the first
+        of anything else it said."""
+        notes = []
+        died = sum("worker died" in line.lower() for line in self.seen)
+        if died:
+            notes.append(f"Ray: {died} worker{'s' if died != 1 else ''} died during the "
+                         "pass; Ray ran their batches again (every row came back once)")
+        others = [line for line in self.seen
+                  if not any(known in line.lower() for known in ("worker died", "retried"))]
+        if others:
+            notes.append(f"Ray: {first_line(others[0])}")
+        return notes
 
     def outputs(self, model: Any, data: Any, *, label: str, batch_size: int,
                 images: ImageOptions, advance: Advance | None) -> tuple[np.ndarray, np.ndarray]:
@@ -144,8 +188,12 @@ def _dataset(data: Any, batch_size: int) -> tuple[Any, str, Any, np.ndarray]:
     import ray
 
     if isinstance(data, ImageTable):
-        return (ray.data.read_parquet(data.parts, columns=["image", "label"]), "table", None,
-                np.arange(data.rows))
+        import pyarrow.fs
+
+        # The parts are files fuse listed (on a cluster: a path every node mounts).
+        table = ray.data.read_parquet(data.parts, columns=["image", "label"],
+                                      filesystem=pyarrow.fs.LocalFileSystem())
+        return table, "table", None, np.arange(data.rows)
     if isinstance(data, ImageFolder):
         rows = np.array([r for r in range(data.rows) if r not in data.bad], dtype=np.int64)
         source: Any = {"rows": rows, "files": np.array([data.files[r] for r in rows]),
