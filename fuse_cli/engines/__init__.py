@@ -83,7 +83,8 @@ def check_engine(options: EngineOptions) -> None:
         given = [name for name, value in (("--workers", options.workers),
                                           ("--address", options.address)) if value is not None]
         if given:
-            raise UsageError(f"{' and '.join(given)} apply to --engine ray")
+            raise UsageError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} "
+                             "to --engine ray")
         return
     if options.workers is not None and options.workers < 1:
         raise UsageError(f"--workers must be at least 1; got {options.workers}")

@@ -47,6 +47,12 @@ _QUIET = {
 }
 
 
+# A ray:// address that accepts the connection but does not answer as a Ray client: Ray
+# tries 3 times, each attempt this many seconds (Ray's own maximum is 30), then gives up.
+_CLIENT_TIMEOUTS = {"RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "3",
+                    "RAY_CLIENT_MAX_CONNECTION_TIMEOUT_S": "3"}
+
+
 @contextmanager
 def ray_session(options: EngineOptions) -> Iterator[RayEngine]:
     """Start Ray here, or join `options.address`; shut it down (or leave) after.
@@ -55,6 +61,8 @@ def ray_session(options: EngineOptions) -> Iterator[RayEngine]:
         UsageError: The cluster cannot be joined (exit 2).
     """
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage statistics leave the machine
+    for name, value in _CLIENT_TIMEOUTS.items():  # read when Ray is imported
+        os.environ.setdefault(name, value)
     if not options.debug:
         for name, value in _QUIET.items():
             os.environ.setdefault(name, value)

@@ -1,0 +1,159 @@
+"""`--engine ray`: the pass over the data on a local Ray (2 CPUs), against the local engine.
+
+The reference is the local engine's own run of the same command (itself checked against
+Keras and numpy in test_images.py, test_tables.py and test_tune.py): the predictions
+file must have the same keys, rows and labels, and predictions equal to float32
+tolerance; the scores and the tuned weights the same.
+
+Each command starts Ray itself and stops it, as a user's does; every actor imports
+TensorFlow, so each Ray command here costs 10-20 s.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import dense_classifier, validated
+from test_images import cnn, make_folder, run, write_image
+from test_tables import write_table
+from typer.testing import CliRunner
+
+from fuse_cli.engines.ray_worker import KILL_ONCE
+
+pytest.importorskip("ray")
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("engines")
+    rng = np.random.default_rng(5)
+    paths = {"npz": root / "rows.npz"}
+    np.savez(paths["npz"], x=rng.normal(size=(300, 6)).astype(np.float32),
+             y=rng.integers(0, 3, 300))
+    for i in range(2):
+        paths[f"dense{i}"] = root / f"dense{i}.keras"
+        dense_classifier(6, 3, name=f"dense{i}", seed=10 + i).save(paths[f"dense{i}"])
+    folder = make_folder(root / "photos", per_class=7, seed=4)
+    # Nested folders below a class, and one file that is not an image at all.
+    write_image(folder / "dogs" / "2024" / "june" / "late.png",
+                rng.integers(0, 255, (15, 17, 3)))
+    (folder / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    paths["folder"] = folder
+    paths["table"] = write_table(folder, root / "table.parquet", groups=6)
+    for name, shape, seed in (("rgb", (12, 10, 3), 1), ("gray", (9, 9, 1), 2)):
+        paths[name] = root / f"{name}.keras"
+        cnn(shape, seed).save(paths[name])
+    return paths
+
+
+def both(runner: CliRunner, tmp_path: Path, *args, ray=("--workers", "2")) -> tuple[dict, dict]:
+    """The same evaluate on both engines: the two reports, predictions in tmp_path."""
+    reports, stderr = {}, {}
+    for engine, extra in (("local", ()), ("ray", ("--engine", "ray", *ray))):
+        result = run(runner, "evaluate", *args, "--save-predictions", tmp_path / f"{engine}.npz",
+                     "--json", *extra, ok=True)
+        reports[engine], stderr[engine] = validated(result.stdout), result.stderr
+    assert stderr["ray"] == stderr["local"]  # fuse's warnings only: Ray's banner, logs stay off
+    with np.load(tmp_path / "local.npz") as local, np.load(tmp_path / "ray.npz") as ray_:
+        assert local.files == ray_.files
+        for key in local.files:
+            if local[key].dtype.kind == "f":
+                assert local[key].shape == ray_[key].shape, key
+                assert np.abs(local[key] - ray_[key]).max() <= TOLERANCE, key
+            else:
+                assert np.array_equal(local[key], ray_[key]), key
+    for a, b in zip(reports["local"]["models"], reports["ray"]["models"], strict=True):
+        assert a["accuracy"] == b["accuracy"]
+        assert a["log_loss"] == pytest.approx(b["log_loss"], abs=1e-6)
+    return reports["local"], reports["ray"]
+
+
+def test_an_npz_file_gives_the_same_predictions_on_ray(inputs, runner, tmp_path) -> None:
+    local, ray_ = both(runner, tmp_path, inputs["dense0"], inputs["dense1"], "--data",
+                       inputs["npz"], "--batch-size", "64", ray=())  # one worker: the default
+    assert local["rows"] == ray_["rows"] == 300
+
+
+def test_a_nested_folder_gives_the_same_rows_on_ray(inputs, runner, tmp_path) -> None:
+    local, ray_ = both(runner, tmp_path, inputs["rgb"], inputs["gray"], "--data",
+                       inputs["folder"], "--skip-bad-images", "--batch-size", "4")
+    assert local["rows"] == ray_["rows"] == 22 and local["skipped"] == ray_["skipped"] == 1
+    assert local["warnings"] == ray_["warnings"]
+
+
+def test_a_parquet_table_gives_the_same_predictions_on_ray(inputs, runner, tmp_path) -> None:
+    local, ray_ = both(runner, tmp_path, inputs["rgb"], inputs["gray"], "--data",
+                       inputs["table"], "--batch-size", "5", "--skip-bad-images")
+    assert local["rows"] == ray_["rows"] == 22 and local["skipped"] == ray_["skipped"] == 1
+
+
+def test_an_undecodable_image_stops_a_ray_run_naming_it(inputs, runner) -> None:
+    result = run(runner, "evaluate", inputs["rgb"], "--data", inputs["folder"],
+                 "--engine", "ray")
+    assert result.exit_code == 3
+    assert result.stderr.strip().endswith("(--skip-bad-images leaves such images out)")
+    assert "broken.png: cannot be read as an image" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_killed_worker_is_retried_and_tune_gives_the_local_answer(
+    inputs, runner, tmp_path, monkeypatch
+) -> None:
+    found = {}
+    for engine in ("local", "ray"):
+        extra = ("--engine", "ray", "--workers", "2") if engine == "ray" else ()
+        if engine == "ray":
+            marker = tmp_path / "killed"
+            monkeypatch.setenv(KILL_ONCE, str(marker))
+        result = run(runner, "tune", inputs["dense0"], inputs["dense1"], "--data",
+                     inputs["npz"], "-o", tmp_path / f"{engine}.keras", "--batch-size", "32",
+                     "--json", *extra, ok=True)
+        found[engine] = json.loads(result.stdout)
+    assert marker.exists()  # an actor did kill itself (SIGKILL) in its first batch
+    assert any("worker died" in w for w in found["ray"]["warnings"])
+    assert found["ray"]["rows"] == found["local"]["rows"] == 300
+    assert found["ray"]["weights"] == found["local"]["weights"]
+    scores = {engine: [score for member in [*report["fit"]["members"], report["fit"]["ensemble"]]
+                       for score in (member["accuracy"], member["log_loss"])]
+              for engine, report in found.items()}
+    assert scores["ray"] == pytest.approx(scores["local"], abs=1e-6)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_address_is_one_line_and_exit_2(inputs, runner) -> None:
+    port = closed_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        result = run(runner, "evaluate", inputs["dense0"], "--data", inputs["npz"],
+                     "--engine", "ray", "--address", address)
+        assert result.exit_code == 2
+        assert result.stderr.startswith(f"error: --address {address}: cannot reach")
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ray_not_installed_names_the_extra(inputs, runner, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails, as uninstalled
+    result = run(runner, "tune", inputs["dense0"], inputs["dense1"], "--data", inputs["npz"],
+                 "-o", "never.keras", "--engine", "ray")
+    assert result.exit_code == 2
+    assert "pip install 'fuse-cli[ray]'" in result.stderr
+    assert not Path("never.keras").exists()
+
+
+def test_ray_options_need_the_ray_engine(inputs, runner) -> None:
+    for extra in (["--workers", "2"], ["--address", "auto"]):
+        result = run(runner, "evaluate", inputs["dense0"], "--data", inputs["npz"], *extra)
+        assert result.exit_code == 2 and "to --engine ray" in result.stderr
+    result = run(runner, "evaluate", inputs["dense0"], "--data", inputs["npz"], "--engine",
+                 "ray", "--workers", "0")
+    assert result.exit_code == 2 and "--workers must be at least 1" in result.stderr
