@@ -157,3 +157,6 @@ def test_ray_options_need_the_ray_engine(inputs, runner) -> None:
     result = run(runner, "evaluate", inputs["dense0"], "--data", inputs["npz"], "--engine",
                  "ray", "--workers", "0")
     assert result.exit_code == 2 and "--workers must be at least 1" in result.stderr
+    result = run(runner, "tune", inputs["dense0"], inputs["dense1"], "--predictions",
+                 inputs["npz"], "-o", "never.keras", "--engine", "ray")
+    assert result.exit_code == 2 and "--predictions were computed already" in result.stderr
