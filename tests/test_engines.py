@@ -17,8 +17,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from helpers import dense_classifier, validated
+from hostile3 import png_bomb
 from test_images import cnn, make_folder, run, write_image
 from test_tables import write_table
 from typer.testing import CliRunner
@@ -45,7 +48,14 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 rng.integers(0, 255, (15, 17, 3)))
     (folder / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
     paths["folder"] = folder
-    paths["table"] = write_table(folder, root / "table.parquet", groups=6)
+    # The folder's files (the undecodable one too) and a decompression bomb, screened by
+    # the workers themselves (no listing screens a table's rows first).
+    bomb = png_bomb(root, side=10_000).read_bytes()
+    paths["table"] = write_table(folder, root / "table.parquet", groups=6, extra=[(bomb, 2)])
+    paths["bomb"] = root / "bomb.parquet"
+    good = (folder / "dogs" / "2024" / "june" / "late.png").read_bytes()
+    pq.write_table(pa.table({"image": pa.array([good, bomb], pa.binary()),
+                             "label": pa.array([2, 0], pa.int64())}), paths["bomb"])
     for name, shape, seed in (("rgb", (12, 10, 3), 1), ("gray", (9, 9, 1), 2)):
         paths[name] = root / f"{name}.keras"
         cnn(shape, seed).save(paths[name])
@@ -90,15 +100,19 @@ def test_a_nested_folder_gives_the_same_rows_on_ray(inputs, runner, tmp_path) ->
 def test_a_parquet_table_gives_the_same_predictions_on_ray(inputs, runner, tmp_path) -> None:
     local, ray_ = both(runner, tmp_path, inputs["rgb"], inputs["gray"], "--data",
                        inputs["table"], "--batch-size", "5", "--skip-bad-images")
-    assert local["rows"] == ray_["rows"] == 22 and local["skipped"] == ray_["skipped"] == 1
+    assert local["rows"] == ray_["rows"] == 22 and local["skipped"] == ray_["skipped"] == 2
 
 
-def test_an_undecodable_image_stops_a_ray_run_naming_it(inputs, runner) -> None:
-    result = run(runner, "evaluate", inputs["rgb"], "--data", inputs["folder"],
-                 "--engine", "ray")
+@pytest.mark.parametrize(("data", "words"), [
+    ("folder", "broken.png: cannot be read as an image"),
+    ("bomb", "bomb.parquet row 1: cannot be read as an image: a png image that declares "
+             "10,000 x 10,000 pixels"),
+])
+def test_a_bad_image_stops_a_ray_run_naming_it(inputs, runner, data, words) -> None:
+    result = run(runner, "evaluate", inputs["rgb"], "--data", inputs[data], "--engine", "ray")
     assert result.exit_code == 3
+    assert words in result.stderr
     assert result.stderr.strip().endswith("(--skip-bad-images leaves such images out)")
-    assert "broken.png: cannot be read as an image" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

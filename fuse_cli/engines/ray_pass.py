@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from fuse_cli.compatibility import input_specs
 from fuse_cli.data import Dataset
 from fuse_cli.engines import EngineOptions
+from fuse_cli.engines.ray_worker import Predictor
 from fuse_cli.errors import DataError, FuseError, UsageError, first_line
 from fuse_cli.files import scratch_folder
 from fuse_cli.image_pass import note_bad
@@ -161,13 +163,13 @@ class RayEngine:
             path = folder / "model.keras"
             model.save(path)
             model_ref = ray.put(path.read_bytes())
-        sizes = None if isinstance(data, Dataset) else image_inputs(_specs(model), label)
+        sizes = None if isinstance(data, Dataset) else image_inputs(input_specs(model), label)
         dataset, kind, source, expected = _dataset(data, batch_size)
         source_refs = [ray.put(source)] if source is not None else []
         mapped = dataset.map_batches(
-            _predictor(),
+            Predictor,
             fn_constructor_kwargs={"model": [model_ref], "source": source_refs, "kind": kind,
-                                   "sizes": sizes, "images": images,
+                                   "sizes": sizes, "images": images, "label": label,
                                    "unsafe": self.options.unsafe},
             batch_size=batch_size,
             batch_format="pyarrow" if kind == "table" else "numpy",
@@ -176,18 +178,6 @@ class RayEngine:
         )
         found = _collect(mapped, label, len(expected), advance)
         return _in_order(data, found, expected, images)
-
-
-def _predictor() -> Any:
-    from fuse_cli.engines.ray_worker import Predictor
-
-    return Predictor
-
-
-def _specs(model: Any) -> Any:
-    from fuse_cli.compatibility import input_specs
-
-    return input_specs(model)
 
 
 def _dataset(data: Any, batch_size: int) -> tuple[Any, str, Any, np.ndarray]:

@@ -35,7 +35,7 @@ class Predictor:
     """One model, loaded once per actor; called by Ray Data with each batch."""
 
     def __init__(self, *, model: list[Any], source: list[Any], kind: str, sizes: Any,
-                 images: Any, unsafe: bool) -> None:
+                 images: Any, label: str, unsafe: bool) -> None:
         import ray
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -46,7 +46,7 @@ class Predictor:
             path.write_bytes(ray.get(model[0]))
             self.model = load_model(path, unsafe=unsafe).model
         self.source: Any = ray.get(source[0]) if source else None
-        self.kind, self.sizes, self.images = kind, sizes, images
+        self.kind, self.sizes, self.images, self.label = kind, sizes, images, label
 
     def __call__(self, batch: Any) -> dict[str, np.ndarray]:
         _kill_once()
@@ -82,7 +82,7 @@ class Predictor:
         ok = np.array([reason is None for reason in reasons], dtype=bool)
         output = None
         if ok.any():
-            found = self.model.predict_on_batch(inputs if len(inputs) > 1 else inputs[0])
+            found = self._predict(inputs if len(inputs) > 1 else inputs[0])
             found = np.asarray(found[0] if isinstance(found, list | tuple) else found)
             output = np.zeros((len(rows), *found.shape[1:]), dtype=found.dtype)
             output[ok] = found
@@ -91,6 +91,16 @@ class Predictor:
             output = np.zeros((len(rows), *shape), dtype=np.float32)
         return {"row": rows, "ok": ok, "output": output,
                 "error": np.array([reason or "" for reason in reasons], dtype=object)}
+
+
+    def _predict(self, inputs: Any) -> Any:
+        """Raises DataError: Keras refuses the data (as the local engine says it)."""
+        from fuse_cli.errors import DataError, first_line
+
+        try:
+            return self.model.predict_on_batch(inputs)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{self.label}: cannot run on the data: {first_line(exc)}") from None
 
 
 def _read_files(files: np.ndarray, inside: str) -> tuple[list[bytes], list[str | None]]:
