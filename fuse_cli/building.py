@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fuse_cli import __version__
-from fuse_cli.choices import ExportFormat, InputsMode, Metric, Mode
+from fuse_cli.choices import EngineKind, ExportFormat, InputsMode, Metric, Mode
 from fuse_cli.errors import ModelLoadError, OutOfDateError, UsageError
 from fuse_cli.recipe import Recipe
 
@@ -120,6 +120,7 @@ def merge_options(recipe: Recipe, *, force: bool, quiet: bool = True) -> MergeOp
 
 def tune_options(recipe: Recipe, merge: MergeOptions) -> TuneOptions:
     """The tune options of a recipe's `[tune]` table."""
+    from fuse_cli.engines import EngineOptions
     from fuse_cli.tuning import CV_FOLDS, HOLDOUT, TuneOptions
 
     t = recipe.tune or {}
@@ -131,6 +132,8 @@ def tune_options(recipe: Recipe, merge: MergeOptions) -> TuneOptions:
         plot=recipe.resolve(t["plot"]) if "plot" in t else None,
         keep_zero_weights=t.get("keep_zero_weights", False),
         even_if_worse=t.get("even_if_worse", False),
+        engine=EngineOptions(kind=EngineKind(t.get("engine", "local")),
+                             workers=t.get("workers"), address=t.get("address")),
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fuse_cli.choices import ExportFormat, InputsMode, Metric, Mode
+from fuse_cli.choices import EngineKind, ExportFormat, InputsMode, Metric, Mode
 from fuse_cli.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -53,7 +53,7 @@ TUNE: Spec = {
     "skip_bad_images": _BOOL, "interpolation": _TEXT, "crop_to_aspect_ratio": _BOOL,
     "class_names": _LIST, "validation_split": _NUMBER, "subset": _TEXT, "seed": _INT,
     "plot": _TEXT, "keep_zero_weights": _BOOL, "even_if_worse": _BOOL,
-    "recompute_bn": _BOOL,
+    "recompute_bn": _BOOL, "engine": _TEXT, "workers": _INT, "address": _TEXT,
 }
 
 
@@ -168,6 +168,7 @@ def _check_choices(path: Path, text: str, table: dict[str, Any], tune: dict[str,
         ("", "mode", table.get("mode"), [m.value for m in Mode]),
         ("", "inputs", table.get("inputs"), [m.value for m in InputsMode]),
         ("tune", "metric", tune.get("metric"), [m.value for m in Metric]),
+        ("tune", "engine", tune.get("engine"), [m.value for m in EngineKind]),
     ]
     choices += [("", "exports", value, [f.value for f in ExportFormat])
                 for value in table.get("exports", [])]
