@@ -174,3 +174,28 @@ def test_ray_options_need_the_ray_engine(inputs, runner) -> None:
     result = run(runner, "tune", inputs["dense0"], inputs["dense1"], "--predictions",
                  inputs["npz"], "-o", "never.keras", "--engine", "ray")
     assert result.exit_code == 2 and "--predictions were computed already" in result.stderr
+
+
+def test_a_worker_screens_each_file_again_before_reading_it(inputs, tmp_path) -> None:
+    """What changed between the listing and the worker's read (a FIFO, a link leaving
+    the folder, a file gone) is refused by the worker as the listing refuses it."""
+    import os
+
+    from fuse_cli.engines.ray_worker import _read_files
+
+    folder = tmp_path / "photos"
+    (folder / "cats").mkdir(parents=True)
+    good = folder / "cats" / "good.png"
+    good.write_bytes((inputs["folder"] / "dogs" / "2024" / "june" / "late.png").read_bytes())
+    fifo = folder / "cats" / "pipe.png"
+    os.mkfifo(fifo)
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(good.read_bytes())
+    (folder / "cats" / "link.png").symlink_to(outside)
+    files = np.array([str(good), str(fifo), str(folder / "cats" / "link.png"),
+                      str(folder / "cats" / "gone.png")])
+    blobs, reasons = _read_files(files, os.path.realpath(folder))
+    assert blobs[0] == good.read_bytes() and reasons[0] is None
+    assert reasons[1] == "not a regular file (a FIFO, device or socket)" and blobs[1] == b""
+    assert reasons[2].startswith("a link to") and "outside the folder" in reasons[2]
+    assert reasons[3].startswith("cannot be read")
