@@ -62,7 +62,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def both(runner: CliRunner, tmp_path: Path, *args, ray=("--workers", "2")) -> tuple[dict, dict]:
+def both(runner: CliRunner, tmp_path: Path, *args, ray=()) -> tuple[dict, dict]:
     """The same evaluate on both engines: the two reports, predictions in tmp_path."""
     reports, stderr = {}, {}
     for engine, extra in (("local", ()), ("ray", ("--engine", "ray", *ray))):
@@ -86,13 +86,14 @@ def both(runner: CliRunner, tmp_path: Path, *args, ray=("--workers", "2")) -> tu
 
 def test_an_npz_file_gives_the_same_predictions_on_ray(inputs, runner, tmp_path) -> None:
     local, ray_ = both(runner, tmp_path, inputs["dense0"], inputs["dense1"], "--data",
-                       inputs["npz"], "--batch-size", "64", ray=())  # one worker: the default
+                       inputs["npz"], "--batch-size", "64")  # one worker: the default
     assert local["rows"] == ray_["rows"] == 300
 
 
 def test_a_nested_folder_gives_the_same_rows_on_ray(inputs, runner, tmp_path) -> None:
     local, ray_ = both(runner, tmp_path, inputs["rgb"], inputs["gray"], "--data",
-                       inputs["folder"], "--skip-bad-images", "--batch-size", "4")
+                       inputs["folder"], "--skip-bad-images", "--batch-size", "4",
+                       ray=("--workers", "2"))
     assert local["rows"] == ray_["rows"] == 22 and local["skipped"] == ray_["skipped"] == 1
     assert local["warnings"] == ray_["warnings"]
 
