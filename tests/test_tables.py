@@ -135,6 +135,10 @@ def test_tables_that_are_not_image_tables_are_refused(tables, runner, tmp_path) 
     bad_table(mixed / "0.parquet", image=pa.array([png]), label=pa.array([0], pa.int64()))
     bad_table(mixed / "1.parquet", image=pa.array([png]), label=pa.array([0], pa.int8()))
     cases["two schemas"] = (mixed, 2, "share one schema")
+    # 40 million rows in a few KB (run-length encoded): their labels alone are 320 MB read.
+    rows = 40_000_000
+    cases["rows bomb"] = (bad_table(tmp_path / "h.parquet", image=pa.nulls(rows, pa.binary()),
+                                    label=pa.array(np.zeros(rows, np.int8))), 3, "too large")
     for name, (path, code, words) in cases.items():
         result = run(runner, "evaluate", tables["rgb"], "--data", path)
         assert (result.exit_code, words in result.stderr) == (code, True), (name, result.stderr)
