@@ -200,3 +200,31 @@ def test_a_worker_screens_each_file_again_before_reading_it(inputs, tmp_path) ->
     assert reasons[1] == "not a regular file (a FIFO, device or socket)" and blobs[1] == b""
     assert reasons[2].startswith("a link to") and "outside the folder" in reasons[2]
     assert reasons[3].startswith("cannot be read")
+
+
+def test_rows_lost_repeated_or_reordered_are_refused_not_used(inputs) -> None:
+    """The driver's check on what the workers return (no Ray needed to feed it)."""
+    from fuse_cli.data import read_data
+    from fuse_cli.engines.ray_pass import _in_order
+    from fuse_cli.images import ImageOptions
+    from fuse_cli.tables import read_table
+
+    data = read_data(inputs["npz"])
+    rows = np.arange(data.rows)
+
+    def returned(order: np.ndarray) -> dict[str, np.ndarray]:
+        return {"row": order, "ok": np.ones(len(order), bool),
+                "error": np.array([""] * len(order), object),
+                "output": order[:, None].astype(np.float32)}
+
+    shuffled = np.random.default_rng(0).permutation(rows)
+    output, kept = _in_order(data, returned(shuffled), rows, ImageOptions())
+    assert np.array_equal(kept, rows) and np.array_equal(output[:, 0], rows)  # sorted back
+    for broken in (rows[1:], np.r_[rows, 7], np.r_[rows[:-1], 7]):
+        with pytest.raises(RuntimeError, match="rows lost or repeated"):
+            _in_order(data, returned(broken), rows, ImageOptions())
+    table = read_table(inputs["table"])
+    swapped = returned(np.full(table.rows, -1))
+    swapped["label"] = table.labels[::-1].copy()
+    with pytest.raises(RuntimeError, match="out of order"):
+        _in_order(table, swapped, np.arange(table.rows), ImageOptions())

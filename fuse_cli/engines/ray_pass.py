@@ -165,6 +165,8 @@ class RayEngine:
             model_ref = ray.put(path.read_bytes())
         sizes = None if isinstance(data, Dataset) else image_inputs(input_specs(model), label)
         dataset, kind, source, expected = _dataset(data, batch_size)
+        if not len(expected):  # every image of the folder was left out before the pass
+            raise DataError(f"{data.path}: none of its {data.rows} images can be decoded")
         source_refs = [ray.put(source)] if source is not None else []
         mapped = dataset.map_batches(
             Predictor,
@@ -236,7 +238,7 @@ def _reason(exc: BaseException) -> BaseException:
 def _in_order(data: Any, found: dict[str, np.ndarray], expected: np.ndarray,
               images: ImageOptions) -> tuple[np.ndarray, np.ndarray]:
     """The outputs of the rows that ran, sorted by row; every expected row exactly once."""
-    rows = found["row"] if found else np.zeros(0, np.int64)
+    rows = found.get("row", np.zeros(0, np.int64))
     if isinstance(data, ImageTable):
         labels = found.get("label", np.zeros(0, np.int64))
         if not np.array_equal(labels, data.labels):
