@@ -228,3 +228,24 @@ def test_rows_lost_repeated_or_reordered_are_refused_not_used(inputs) -> None:
     swapped["label"] = table.labels[::-1].copy()
     with pytest.raises(RuntimeError, match="out of order"):
         _in_order(table, swapped, np.arange(table.rows), ImageOptions())
+
+
+def test_what_a_worker_raises_reaches_the_user_as_fuses_own_error(inputs, tmp_path) -> None:
+    """Ray keeps only the text of a worker's exception (UserCodeException): the worker
+    returns fuse's own error as data and the driver raises it again, class and message.
+    Fed past the checks that would stop it before Ray (rows of 7 for a model of 6)."""
+    import keras
+
+    from fuse_cli.data import read_data
+    from fuse_cli.engines import EngineOptions
+    from fuse_cli.engines.ray_pass import ray_session
+    from fuse_cli.errors import DataError
+    from fuse_cli.images import ImageOptions
+
+    np.savez(tmp_path / "wide.npz", x=np.zeros((8, 7), np.float32), y=np.zeros(8, np.int64))
+    data = read_data(tmp_path / "wide.npz")
+    model = keras.saving.load_model(inputs["dense0"])
+    with ray_session(EngineOptions(workers=1)) as engine, pytest.raises(DataError) as caught:
+        engine.outputs(model, data, label="dense0.keras", batch_size=4,
+                       images=ImageOptions(), advance=None)
+    assert str(caught.value).startswith("dense0.keras: cannot run on the data: ")

@@ -28,8 +28,16 @@ import numpy as np
 from fuse_cli.compatibility import input_specs
 from fuse_cli.data import Dataset
 from fuse_cli.engines import EngineOptions
-from fuse_cli.engines.ray_worker import Predictor
-from fuse_cli.errors import DataError, FuseError, UsageError, first_line
+from fuse_cli.engines.ray_worker import FATAL, Predictor
+from fuse_cli.errors import (
+    DataError,
+    DataLoadError,
+    FuseError,
+    IncompatibleModelsError,
+    ModelLoadError,
+    UsageError,
+    first_line,
+)
 from fuse_cli.files import scratch_folder
 from fuse_cli.image_pass import note_bad
 from fuse_cli.images import ImageFolder, ImageOptions, image_inputs
@@ -45,7 +53,8 @@ _QUIET = {
     "RAY_BACKEND_LOG_LEVEL": "fatal",
     # Ray Data configures its own console handler (INFO) at import and at each execution;
     # this level wins over its configuration. Its log file keeps the same level.
-    "RAY_DATA_LOG_LEVEL": "ERROR",
+    # (CRITICAL: it logs a worker's error at ERROR; fuse says it, on one line.)
+    "RAY_DATA_LOG_LEVEL": "CRITICAL",
 }
 
 
@@ -215,6 +224,7 @@ def _collect(mapped: Any, label: str, total: int,
         advance(label, 0, total)
     try:
         for block in mapped.iter_batches(batch_size=None, batch_format="numpy"):
+            _raise_fatal(block.pop(FATAL, None))
             for key, value in block.items():
                 parts.setdefault(key, []).append(np.asarray(value))
             done += len(block["row"])
@@ -223,6 +233,19 @@ def _collect(mapped: Any, label: str, total: int,
     except Exception as exc:  # Ray wraps what a worker raised: fuse's own error is the reason
         raise _reason(exc) from None
     return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+def _raise_fatal(fatal: Any) -> None:
+    """Raise again the first error a worker returned as data (`ray_worker.FATAL`)."""
+    if fatal is None:
+        return
+    found = next((str(text) for text in fatal if text), None)
+    if found is None:
+        return
+    name, _, message = found.partition("\t")
+    kinds = {kind.__name__: kind for kind in (DataError, DataLoadError, IncompatibleModelsError,
+                                              ModelLoadError, UsageError)}
+    raise kinds.get(name, RuntimeError)(message)
 
 
 def _reason(exc: BaseException) -> BaseException:

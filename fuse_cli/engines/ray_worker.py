@@ -29,6 +29,8 @@ import numpy as np
 # (SIGKILL) in its first batch, once per marker file, so that Ray must restart it and run
 # the batch again.
 KILL_ONCE = "FUSE_RAY_KILL_ONCE"
+# The column that carries fuse's own error out of a worker: "ClassName<TAB>message".
+FATAL = "fatal"
 
 
 class Predictor:
@@ -49,7 +51,23 @@ class Predictor:
         self.kind, self.sizes, self.images, self.label = kind, sizes, images, label
 
     def __call__(self, batch: Any) -> dict[str, np.ndarray]:
+        """The batch's rows, whether each decoded, the outputs; or, for fuse's own error
+        (Keras refusing the data, say), that error as data: Ray keeps only the text of
+        what a worker raises, so the driver raises it again (`FATAL`)."""
+        from fuse_cli.errors import FuseError
+
         _kill_once()
+        try:
+            result = self._batch(batch)
+        except FuseError as exc:
+            count = len(batch["id"]) if self.kind != "table" else batch.num_rows
+            result = self._run(np.full(count, -1, np.int64), [], ["not run"] * count)
+            result[FATAL] = np.array([f"{type(exc).__name__}\t{exc}"] * count, dtype=object)
+            return result
+        result[FATAL] = np.array([""] * len(result["row"]), dtype=object)
+        return result
+
+    def _batch(self, batch: Any) -> dict[str, np.ndarray]:
         if self.kind == "npz":
             rows = np.asarray(batch["id"], dtype=np.int64)
             arrays = [x[rows] for x in self.source]
