@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from fuse_cli.errors import DataError, DataLoadError, first_line
-from fuse_cli.images import ImageFolder, ImageOptions
+from fuse_cli.images import ImageFolder, ImageOptions, declared_refusal
 from fuse_cli.report import Advance
 from fuse_cli.tables import ImageTable
+from fuse_cli.tables import image_batches as table_batches
 
 
 def decode(data: Any, size: tuple[int, int, int], options: ImageOptions) -> Any:
@@ -152,8 +153,6 @@ def decode_blobs(
 
     import tensorflow as tf
 
-    from fuse_cli.images import declared_refusal
-
     decoded: list[list[np.ndarray]] = [[] for _ in sizes]
     reasons: list[str | None] = []
     for blob in blobs:
@@ -190,8 +189,6 @@ def predict_table(
     Raises:
         DataLoadError: An image cannot be decoded (without `skip_bad`).
     """
-    from fuse_cli.tables import image_batches as table_batches
-
     total = table.rows
     outputs: list[np.ndarray] = []
     kept: list[np.ndarray] = []

@@ -25,8 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from fuse_cli.errors import DataError, DataLoadError, UsageError, first_line
+from fuse_cli.errors import (
+    DataError,
+    DataLoadError,
+    IncompatibleModelsError,
+    UsageError,
+    first_line,
+)
 from fuse_cli.formats.screening import MARGIN_BYTES, check_regular_file, size_text
+from fuse_cli.images import IMAGE_SUFFIXES
 
 PARQUET_MAGIC = b"PAR1"
 # Encoded images barely compress: a table's row groups may declare this many times the
@@ -80,8 +87,6 @@ def is_table(path: Path) -> bool:
         return path.suffix.lower() == ".parquet"
     if not path.is_dir():
         return False
-    from fuse_cli.images import IMAGE_SUFFIXES
-
     found = False
     for _root, _dirs, names in os.walk(path):
         for name in names:
@@ -229,8 +234,6 @@ def table_labels(table: ImageTable, width: int | None, label: str) -> None:
     Raises:
         IncompatibleModelsError: A label of a class the model does not output.
     """
-    from fuse_cli.errors import IncompatibleModelsError
-
     if width is None:
         return
     high = int(table.labels.max())

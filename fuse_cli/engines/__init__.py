@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fuse_cli.choices import EngineKind
+from fuse_cli.engines.ray_pass import ray_session
 from fuse_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -130,7 +131,5 @@ def open_engine(options: EngineOptions) -> Iterator[Engine | None]:
     if options.kind is EngineKind.LOCAL:
         yield None
         return
-    from fuse_cli.engines.ray_pass import ray_session
-
     with ray_session(options) as engine:
         yield engine

@@ -21,13 +21,12 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fuse_cli.compatibility import input_specs
 from fuse_cli.data import Dataset
-from fuse_cli.engines import EngineOptions
 from fuse_cli.engines.ray_worker import FATAL, Predictor
 from fuse_cli.errors import (
     DataError,
@@ -44,6 +43,9 @@ from fuse_cli.images import ImageFolder, ImageOptions, image_inputs
 from fuse_cli.native import quiet_native_logs
 from fuse_cli.report import Advance
 from fuse_cli.tables import ImageTable
+
+if TYPE_CHECKING:
+    from fuse_cli.engines import EngineOptions
 
 MAX_BLOCKS = 256  # an .npz file's or a folder's rows are cut into at most this many blocks
 _QUIET = {

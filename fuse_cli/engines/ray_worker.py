@@ -25,6 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from fuse_cli.errors import DataError, FuseError, first_line
+from fuse_cli.image_pass import decode_blobs
+from fuse_cli.images import refusal
+from fuse_cli.tables import blobs_of
+
 # Fault injection for the tests: an actor that finds this variable kills its own process
 # (SIGKILL) in its first batch, once per marker file, so that Ray must restart it and run
 # the batch again.
@@ -41,7 +46,7 @@ class Predictor:
         import ray
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        from fuse_cli.formats import load_model
+        from fuse_cli.formats import load_model  # Keras: once the actor runs
 
         with tempfile.TemporaryDirectory(prefix="fuse-ray-") as folder:
             path = Path(folder) / "model.keras"
@@ -54,8 +59,6 @@ class Predictor:
         """The batch's rows, whether each decoded, the outputs; or, for fuse's own error
         (Keras refusing the data, say), that error as data: Ray keeps only the text of
         what a worker raises, so the driver raises it again (`FATAL`)."""
-        from fuse_cli.errors import FuseError
-
         _kill_once()
         try:
             result = self._batch(batch)
@@ -77,8 +80,6 @@ class Predictor:
             rows = self.source["rows"][positions]
             blobs, early = _read_files(self.source["files"][positions], self.source["inside"])
             return self._decoded(rows, blobs, early)
-        from fuse_cli.tables import blobs_of
-
         labels = batch.column("label").to_numpy().astype(np.int64)
         result = self._decoded(np.full(len(labels), -1, np.int64),
                                blobs_of(batch.column("image")), [None] * len(labels))
@@ -87,8 +88,6 @@ class Predictor:
 
     def _decoded(self, rows: np.ndarray, blobs: list[bytes],
                  early: list[str | None]) -> dict[str, np.ndarray]:
-        from fuse_cli.image_pass import decode_blobs
-
         readable = [i for i, reason in enumerate(early) if reason is None]
         images, reasons = decode_blobs([blobs[i] for i in readable], self.sizes, self.images)
         for i, reason in zip(readable, reasons, strict=True):
@@ -113,8 +112,6 @@ class Predictor:
 
     def _predict(self, inputs: Any) -> Any:
         """Raises DataError: Keras refuses the data (as the local engine says it)."""
-        from fuse_cli.errors import DataError, first_line
-
         try:
             return self.model.predict_on_batch(inputs)
         except (ValueError, TypeError) as exc:
@@ -123,8 +120,6 @@ class Predictor:
 
 def _read_files(files: np.ndarray, inside: str) -> tuple[list[bytes], list[str | None]]:
     """Each image file screened as the local engine screens it, then read."""
-    from fuse_cli.images import refusal
-
     blobs: list[bytes] = []
     reasons: list[str | None] = []
     for file in files.tolist():
