@@ -49,7 +49,7 @@ BATCH_SIZE = 256  # rows of an .npz file per predict batch
 IMAGE_BATCH_SIZE = 32  # images per batch, as keras.utils.image_dataset_from_directory
 
 Data = Dataset | ImageFolder | ImageTable
-Images = (ImageFolder, ImageTable)  # the data kinds read as encoded images
+IMAGE_KINDS = (ImageFolder, ImageTable)  # the data kinds read as encoded images
 
 
 @dataclass
@@ -218,7 +218,7 @@ def model_outputs(
     shape = output_shape(model, label)
     check_data(data, model, shape, label)
     found = labels_for(data, shape, label) if isinstance(data, Dataset) else None
-    default = IMAGE_BATCH_SIZE if isinstance(data, Images) else BATCH_SIZE
+    default = IMAGE_BATCH_SIZE if isinstance(data, IMAGE_KINDS) else BATCH_SIZE
     batch = prediction_batch(model, batch_size or default, label)
     run = engine.outputs if engine is not None else local_outputs
     output, rows = run(model, data, label=label, batch_size=batch,
@@ -412,7 +412,7 @@ def evaluate(
     rows = common_rows([r for r, _ in runs])
     models, outputs, labels, notes = _scores(runs, rows, file_labels(files))
     notes = data_notes(data) + notes + engine_notes
-    if isinstance(data, Images):
+    if isinstance(data, IMAGE_KINDS):
         warning = scale_warning(file_labels(files), scaling, images)
         notes += [warning] if warning else []
     if save is not None:
@@ -435,7 +435,7 @@ def evaluate(
         models=models,
         elapsed_seconds=time.perf_counter() - start,
         warnings=notes,
-        skipped=len(data.bad) if isinstance(data, Images) else 0,
+        skipped=len(data.bad) if isinstance(data, IMAGE_KINDS) else 0,
         predictions=str(save) if save is not None else None,
         plot=str(request.plot) if request.plot is not None else None,
     )

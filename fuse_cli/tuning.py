@@ -25,9 +25,9 @@ from fuse_cli.data import SPLIT_SEED
 from fuse_cli.engines import Engine, EngineOptions, check_engine, open_engine
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
+    IMAGE_KINDS,
     Advance,
     Data,
-    Images,
     check_batch_size,
     check_data,
     common_rows,
@@ -367,7 +367,7 @@ def _notes(data: Data | None, plan: MergePlan, search: Search, options: TuneOpti
     """The warnings of a tune: the data, the search, the scaling, members left out."""
     notes = ([] if data is None else data_notes(data)) + search_warnings(
         list(plan.labels), search, options.metric.value, kept)
-    if isinstance(data, Images):
+    if isinstance(data, IMAGE_KINDS):
         warning = scale_warning(plan.labels, [own_scaling(m) for m in plan.models],
                                 options.images)
         notes += [warning] if warning else []
