@@ -26,6 +26,7 @@ from test_images import cnn, make_folder, run, write_image
 from test_tables import write_table
 from typer.testing import CliRunner
 
+from fuse_cli.cli import app
 from fuse_cli.engines.ray_worker import KILL_ONCE
 
 pytest.importorskip("ray")
@@ -146,7 +147,8 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_an_unreachable_address_is_one_line_and_exit_2(inputs, runner) -> None:
+def test_an_unreachable_address_is_one_line_and_exit_2(inputs, runner, monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     port = closed_port()
     for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
         result = run(runner, "evaluate", inputs["dense0"], "--data", inputs["npz"],
@@ -154,6 +156,12 @@ def test_an_unreachable_address_is_one_line_and_exit_2(inputs, runner) -> None:
         assert result.exit_code == 2
         assert result.stderr.startswith(f"error: --address {address}: cannot reach")
         assert len(result.stderr.strip().splitlines()) == 1
+    # `auto` with no cluster running: Ray looks for one, and says it found none.
+    result = runner.invoke(app, ["evaluate", str(inputs["dense0"]), "--data", str(inputs["npz"]),
+                                 "--engine", "ray", "--address", "auto"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --address auto: ")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_ray_not_installed_names_the_extra(inputs, runner, monkeypatch) -> None:
