@@ -257,3 +257,30 @@ def test_what_a_worker_raises_reaches_the_user_as_fuses_own_error(inputs, tmp_pa
         engine.outputs(model, data, label="dense0.keras", batch_size=4,
                        images=ImageOptions(), advance=None)
     assert str(caught.value).startswith("dense0.keras: cannot run on the data: ")
+
+
+def test_a_library_callers_ray_session_is_used_and_left_running(inputs) -> None:
+    import keras
+    import ray
+
+    from fuse_cli.data import read_data
+    from fuse_cli.engines import EngineOptions
+    from fuse_cli.engines.ray_pass import ray_session
+    from fuse_cli.evaluation import local_outputs
+    from fuse_cli.images import ImageOptions
+
+    data = read_data(inputs["npz"])
+    model = keras.saving.load_model(inputs["dense1"])
+    expected, rows = local_outputs(model, data, label="dense1", batch_size=50,
+                                   images=ImageOptions(), advance=None)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with ray_session(EngineOptions(workers=1)) as engine:
+            found, found_rows = engine.outputs(model, data, label="dense1", batch_size=50,
+                                               images=ImageOptions(), advance=None)
+        assert ray.is_initialized()  # the caller's session: not shut down by fuse
+        assert not ray.data.DataContext.get_current().execution_options.preserve_order
+    finally:
+        ray.shutdown()
+    assert np.array_equal(found_rows, rows)
+    assert np.abs(found - expected).max() <= TOLERANCE

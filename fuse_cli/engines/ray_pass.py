@@ -68,7 +68,8 @@ _CLIENT_TIMEOUTS = {"RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "3",
 
 @contextmanager
 def ray_session(options: EngineOptions) -> Iterator[RayEngine]:
-    """Start Ray here, or join `options.address`; shut it down (or leave) after.
+    """Start Ray here, or join `options.address`; shut it down (or leave) after. In a
+    process that already runs Ray (fuse as a library), use that session and leave it.
 
     Raises:
         UsageError: The cluster cannot be joined (exit 2).
@@ -84,15 +85,18 @@ def ray_session(options: EngineOptions) -> Iterator[RayEngine]:
     level = logging.INFO if options.debug else logging.ERROR
     settings: dict[str, Any] = {"log_to_driver": options.debug, "logging_level": level,
                                 "configure_logging": True}
+    running = ray.is_initialized()  # a library caller's own session: used, left running
     try:
-        with quiet_native_logs(not options.debug):
-            _init(ray, options, settings)
+        if not running:
+            with quiet_native_logs(not options.debug):
+                _init(ray, options, settings)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         where = f"--address {options.address}" if options.address else "starting Ray here"
         raise UsageError(f"{where}: {first_line(exc)}") from None
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(level)
     context = ray.data.DataContext.get_current()
+    saved = context.enable_progress_bars, context.execution_options.preserve_order
     context.enable_progress_bars = False  # fuse's own row shows rows done and rows/s
     context.execution_options.preserve_order = True
     engine = RayEngine(options)
@@ -100,7 +104,9 @@ def ray_session(options: EngineOptions) -> Iterator[RayEngine]:
         with _raylet_messages(engine.seen, enabled=not options.debug):
             yield engine
     finally:
-        ray.shutdown()
+        context.enable_progress_bars, context.execution_options.preserve_order = saved
+        if not running:
+            ray.shutdown()
 
 
 @contextmanager
