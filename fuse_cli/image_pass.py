@@ -142,9 +142,8 @@ def _missing(folder: ImageFolder, rows: np.ndarray, expected: int, found: np.nda
 def decode_blobs(
     blobs: Sequence[bytes], sizes: Sequence[tuple[int, int, int]], options: ImageOptions
 ) -> tuple[list[np.ndarray], list[str | None]]:
-    """Encoded images (a Parquet table's, or read by a Ray worker) screened by their
-    headers, then decoded with the same steps as `image_batches`: together, on
-    `tf.data`'s parallel map, and one by one only if one of them fails (to name it).
+    """Encoded images (a Parquet table's, or read by a Ray worker) screened and decoded
+    eagerly, with the same steps as `image_batches`.
 
     Returns:
         One float32 array per size in `sizes`, holding the images that decoded, and, for
@@ -154,41 +153,22 @@ def decode_blobs(
 
     import tensorflow as tf
 
-    reasons = [declared_refusal(io.BytesIO(blob)) for blob in blobs]
-    screened = [blob for blob, reason in zip(blobs, reasons, strict=True) if reason is None]
-    empty = [np.zeros((0, *size), np.float32) for size in sizes]
-    if not screened:
-        return empty, reasons
-    try:
-        return _decode_together(screened, sizes, options), reasons
-    except (tf.errors.OpError, ValueError):
-        pass
     decoded: list[list[np.ndarray]] = [[] for _ in sizes]
-    for i, blob in enumerate(blobs):
-        if reasons[i] is not None:
-            continue
-        try:
-            images = [decode(tf.constant(blob), size, options).numpy() for size in sizes]
-        except (tf.errors.OpError, ValueError) as exc:
-            reasons[i] = without_op_internals(first_line(getattr(exc, "message", None) or exc))
-            continue
-        for found, image in zip(decoded, images, strict=True):
-            found.append(image)
+    reasons: list[str | None] = []
+    for blob in blobs:
+        reason = declared_refusal(io.BytesIO(blob))
+        if reason is None:
+            try:
+                images = [decode(tf.constant(blob), size, options).numpy() for size in sizes]
+            except (tf.errors.OpError, ValueError) as exc:
+                reason = without_op_internals(first_line(getattr(exc, "message", None) or exc))
+            else:
+                for found, image in zip(decoded, images, strict=True):
+                    found.append(image)
+        reasons.append(reason)
+    empty = [np.zeros((0, *size), np.float32) for size in sizes]
     return [np.stack(found).astype(np.float32, copy=False) if found else none
             for found, none in zip(decoded, empty, strict=True)], reasons
-
-
-def _decode_together(blobs: list[bytes], sizes: Sequence[tuple[int, int, int]],
-                     options: ImageOptions) -> list[np.ndarray]:
-    """Every blob decoded at every size, in order, in parallel; raises on the first that
-    fails."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(blobs, dtype=tf.string))
-    ds = ds.map(lambda data: tuple(decode(data, size, options) for size in sizes),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    batch = next(iter(ds.batch(len(blobs))))
-    return [np.asarray(images, dtype=np.float32) for images in batch]
 
 
 def predict_table(
