@@ -123,20 +123,13 @@ def predict_folder(
 
 def _missing(folder: ImageFolder, rows: np.ndarray, expected: int, found: np.ndarray,
              options: ImageOptions) -> None:
-    """Name (or, with `skip_bad`, record) the images the pipeline dropped."""
+    """Name (or, with `skip_bad`, record) the images the pipeline dropped, each with the
+    decoder's reason (read again), as `note_bad` says it for every reader."""
     present = set(found.tolist())
-    last = int(found[-1])
-    for position in range(expected, last):
-        if position in present:
-            continue
-        row = int(rows[position])
-        reason = decode_error(folder.files[row])
-        if not options.skip_bad:
-            raise DataLoadError(
-                f"{folder.files[row]}: cannot be read as an image: {reason} "
-                "(--skip-bad-images leaves such files out)"
-            )
-        folder.bad[row] = reason
+    for position in range(expected, int(found[-1])):
+        if position not in present:
+            row = rows[position:position + 1]
+            note_bad(folder, row, [decode_error(folder.files[int(row[0])])], options)
 
 
 def decode_blobs(
