@@ -22,7 +22,7 @@ import numpy as np
 from fuse_cli.calibration import Calibration, calibrate_search
 from fuse_cli.choices import Calibrate, EngineKind, InputsMode, Metric, Mode
 from fuse_cli.data import SPLIT_SEED
-from fuse_cli.engines import Engine, EngineOptions, check_engine, open_engine
+from fuse_cli.engines import EngineOptions, check_engine, open_engine
 from fuse_cli.errors import DataError, IncompatibleModelsError, UsageError
 from fuse_cli.evaluation import (
     IMAGE_KINDS,
@@ -67,8 +67,6 @@ from fuse_cli.tuning_records import (
 )
 
 if TYPE_CHECKING:
-    import keras
-
     from fuse_cli.soup_tuning import SoupTuneReport
 
 HOLDOUT = 0.0
@@ -405,31 +403,24 @@ def _member_outputs(
 
     runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     with open_engine(replace(options.engine, unsafe=options.merge.unsafe)) as engine:
-        found = [_run(model, label, data, options, images, say, advance, engine)
-                 for model, label in zip(models, labels, strict=True)]
+        for model, label, added in zip(models, labels, combination.transforms, strict=True):
+            say(f"predicting with {label}")
+            run = model_outputs(model, data, label=label, batch_size=options.batch_size,
+                                images=images, advance=advance, engine=engine)
+            # `--to-probabilities`: search on what the merged model will compute.
+            output = apply_activation(run[0].astype(np.float64), added[0]).astype(run[0].dtype)
+            run = (output, run[1], run[2])
+            if runs and output.shape[1:] != runs[0][0].shape[1:]:
+                raise IncompatibleModelsError(
+                    f"{label}: outputs {output.shape} on {data.name}, but {labels[0]} outputs "
+                    f"{runs[0][0].shape}"
+                )
+            _check_scorable(output, label, data.name, options)  # before the next member runs
+            runs.append(run)
         notes += engine.notes if engine is not None else []
-    for run, label, added in zip(found, labels, combination.transforms, strict=True):
-        # `--to-probabilities`: search on what the merged model will compute.
-        output = apply_activation(run[0].astype(np.float64), added[0]).astype(run[0].dtype)
-        run = (output, run[1], run[2])
-        if runs and output.shape[1:] != runs[0][0].shape[1:]:
-            raise IncompatibleModelsError(
-                f"{label}: outputs {output.shape} on {data.name}, but {labels[0]} outputs "
-                f"{runs[0][0].shape}"
-            )
-        _check_scorable(output, label, data.name, options)
-        runs.append(run)
     rows = common_rows(runs)
     kept = [restrict(run, rows) for run in runs]
     return [output for output, _ in kept], kept[0][1], rows
-
-
-def _run(model: keras.Model, label: str, data: Data, options: TuneOptions,
-         images: ImageOptions | None, say: Progress, advance: Advance | None,
-         engine: Engine | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    say(f"predicting with {label}")
-    return model_outputs(model, data, label=label, batch_size=options.batch_size,
-                         images=images, advance=advance, engine=engine)
 
 
 def _check_scorable(output: np.ndarray, label: str, name: str, options: TuneOptions) -> None:
