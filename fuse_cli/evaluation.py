@@ -189,10 +189,7 @@ def check_data(data: Data, model: keras.Model, shape: tuple[int | None, ...], la
         folder_labels(data, shape, label)
     elif isinstance(data, ImageTable):
         image_inputs(input_specs(model), label)
-        if len(shape) != 1:
-            raise DataError(f"{label}: outputs {tuple(shape)} per image; a Parquet table "
-                            "scores one class vector per image")
-        table_labels(data, shape[0], label)
+        table_labels(data, shape, label)
     else:
         check_inputs(data, input_specs(model), label)
 

@@ -18,7 +18,7 @@ which brings it, or `pip install pyarrow`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,12 +228,17 @@ def image_batches(table: ImageTable, batch_size: int) -> Iterator[tuple[int, lis
             start += len(blobs)
 
 
-def table_labels(table: ImageTable, width: int | None, label: str) -> None:
+def table_labels(table: ImageTable, output_shape: Sequence[int | None], label: str) -> None:
     """Check that the labels fit the model's classes (a single sigmoid column: 0 or 1).
 
     Raises:
+        DataError: The model's output is not one class axis.
         IncompatibleModelsError: A label of a class the model does not output.
     """
+    if len(output_shape) != 1:
+        raise DataError(f"{label}: outputs {tuple(output_shape)} per image; a Parquet table "
+                        "scores one class vector per image")
+    width = output_shape[0]
     if width is None:
         return
     high = int(table.labels.max())
