@@ -67,8 +67,13 @@ def decode_error(file: str) -> str:
     try:
         tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
     except (tf.errors.OpError, ValueError) as exc:
-        return without_op_internals(first_line(getattr(exc, "message", None) or exc))
+        return decoder_reason(exc)
     return "cannot be decoded"
+
+
+def decoder_reason(exc: Exception) -> str:
+    """What TensorFlow's decoder said, on one line, as a person reads it."""
+    return without_op_internals(first_line(getattr(exc, "message", None) or exc))
 
 
 def without_op_internals(message: str) -> str:
@@ -154,7 +159,7 @@ def decode_blobs(
             try:
                 images = [decode(tf.constant(blob), size, options).numpy() for size in sizes]
             except (tf.errors.OpError, ValueError) as exc:
-                reason = without_op_internals(first_line(getattr(exc, "message", None) or exc))
+                reason = decoder_reason(exc)
             else:
                 for found, image in zip(decoded, images, strict=True):
                     found.append(image)
