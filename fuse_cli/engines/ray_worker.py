@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fuse_cli.errors import DataError, FuseError, first_line
+from fuse_cli.files import scratch_folder
 from fuse_cli.image_pass import decode_blobs
 from fuse_cli.images import refusal
 from fuse_cli.tables import blobs_of
@@ -48,8 +47,8 @@ class Predictor:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         from fuse_cli.formats import load_model  # Keras: once the actor runs
 
-        with tempfile.TemporaryDirectory(prefix="fuse-ray-") as folder:
-            path = Path(folder) / "model.keras"
+        with scratch_folder() as folder:
+            path = folder / "model.keras"
             path.write_bytes(ray.get(model[0]))
             self.model = load_model(path, unsafe=unsafe).model
         self.source: Any = ray.get(source[0]) if source else None
